@@ -1,0 +1,1 @@
+"""The TVM backend: lowering to Relax, target registry, schedules, build."""

@@ -1,0 +1,88 @@
+"""Build a Graph with TVM for a registered target, run it, export and reload the library."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ...errors import CompileError, SparsecError
+from ...ir.graph import Graph
+from .lower import lower_to_relax
+from .targets import get_target
+
+LIBRARY = "model.so"
+
+
+class TVMBackend:
+    name = "tvm"
+
+    def build(self, graph: Graph, target: str, options: dict) -> "TVMRunner":
+        spec = get_target(target)
+        tvm_target = spec.make(options)
+        mod, _ = lower_to_relax(graph)
+        try:
+            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.pipeline(tvm_target))
+        except SparsecError:
+            raise
+        except Exception as err:  # TVM raises its own error types from C++
+            first = str(err).strip().splitlines()
+            raise CompileError(f"TVM failed to build for {target}: {first[-1] if first else type(err).__name__}") from err
+        return TVMRunner(executable, target, str(tvm_target), options.get("num_threads"))
+
+    def load(self, folder: Path, manifest: dict) -> "TVMRunner":
+        module = tvm.runtime.load_module(str(folder / LIBRARY))
+        return TVMRunner(module, manifest["target"], manifest.get("tvm_target", ""), manifest.get("num_threads"))
+
+
+class TVMRunner:
+    def __init__(self, executable, target: str, tvm_target: str, num_threads: int | None):
+        self.executable = executable
+        self.target = target
+        self.tvm_target = tvm_target
+        self.num_threads = num_threads
+        self._vm = None
+
+    @property
+    def can_run(self) -> tuple[bool, str]:
+        return get_target(self.target).can_run()
+
+    def _machine(self):
+        if self._vm is None:
+            ok, why = self.can_run
+            if not ok:
+                raise SparsecError(f"cannot run a {self.target} model here: {why} (it compiled and exports fine)")
+            if self.num_threads:
+                set_num_threads(int(self.num_threads))
+            self._device = get_target(self.target).device()
+            self._vm = relax.VirtualMachine(self.executable, self._device)
+        return self._vm
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        vm = self._machine()
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in arrays]
+        result = vm["main"](*args)
+        return [np.asarray(x) for x in _flatten(result)]
+
+    def export(self, folder: Path) -> list[str]:
+        path = folder / LIBRARY
+        self.executable.export_library(str(path))
+        return [LIBRARY]
+
+
+def _flatten(result):
+    if isinstance(result, tvm.runtime.Tensor):
+        return [result.numpy()]
+    items = []
+    for item in result:
+        items.extend(_flatten(item))
+    return items
+
+
+def set_num_threads(n: int) -> None:
+    """Size TVM's thread pool (affinity mode 0: no pinning, which a shared machine needs)."""
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    tvm.get_global_func("runtime.config_threadpool")(0, n)

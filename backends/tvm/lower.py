@@ -1,0 +1,85 @@
+"""Lowering a sparsec Graph to a Relax IRModule.
+
+Standard ops go through TVM's ONNX converters (TVM looks them up by op_type alone); sparsec's own
+ops, and any other op a lowering is registered for, go to that lowering, keyed by (domain, op).
+Every op that cannot be lowered is reported at once, before anything is built.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import onnx
+from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend
+
+from ...errors import UnsupportedOpError
+from ...frontend.onnx_export import to_onnx
+from ...ir.graph import Graph, Node
+
+# (domain, op_type) -> fn(bb, node, inputs, attrs) -> relax.Expr. Kernels register here.
+Lowering = Callable[[relax.BlockBuilder, Node, list, dict], relax.Expr]
+_LOWERINGS: dict[tuple[str, str], Lowering] = {}
+# Non-standard-domain ops that TVM's converter table implements under the same name.
+_TVM_CONTRIB_DOMAINS = {"com.microsoft"}
+
+
+def register_lowering(domain: str, op_type: str):
+    def wrap(fn: Lowering) -> Lowering:
+        _LOWERINGS[(domain, op_type)] = fn
+        return fn
+
+    return wrap
+
+
+def unsupported_ops(graph: Graph) -> list[tuple[str, str, str, int | None]]:
+    convert_map = onnx_frontend._get_convert_map()
+    opset = graph.opset("") or 17
+    missing = []
+    for node in graph.walk():
+        if (node.domain, node.op_type) in _LOWERINGS:
+            continue
+        standard = node.domain in ("", "ai.onnx")
+        if node.op_type == "If" and standard:
+            continue
+        converter = convert_map.get(node.op_type)
+        ok = converter is not None and (standard or (node.domain in _TVM_CONTRIB_DOMAINS and not onnx.defs.has(node.op_type)))
+        if ok:
+            try:
+                converter.get_converter(opset)
+            except NotImplementedError:
+                ok = False
+        if not ok:
+            missing.append((node.op_type, node.domain, node.name, graph.opset(node.domain)))
+    return missing
+
+
+class _Importer(onnx_frontend.ONNXGraphImporter):
+    """TVM's importer with sparsec's lowering table consulted first (by the node's domain)."""
+
+    def __init__(self, graph: Graph):
+        super().__init__({}, {}, keep_params_in_input=False, sanitize=True)
+        self._ir_nodes = {node.name: node for node in graph.walk()}
+
+    def _check_for_unsupported_ops(self, graph_proto):  # done on the IR, with domains, beforehand
+        return None
+
+    def _convert_operator(self, op_name, inputs, attrs, opset):
+        node = self._ir_nodes.get(attrs.get("tvm_custom", {}).get("name"))
+        if node is not None and (node.domain, node.op_type) in _LOWERINGS:
+            result = _LOWERINGS[(node.domain, node.op_type)](self.bb, node, list(inputs), attrs)
+            return self.bb.normalize(result) if isinstance(result, relax.Expr) else result
+        return super()._convert_operator(op_name, inputs, attrs, opset)
+
+
+def lower_to_relax(graph: Graph, backend: str = "tvm"):
+    missing = unsupported_ops(graph)
+    if missing:
+        raise UnsupportedOpError(missing, backend)
+    model = to_onnx(graph, value_info=False)
+    importer = _Importer(graph)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # renames and "unknown dim" notes are expected here
+        mod = importer.from_onnx(model.graph, graph.opset("") or 17)
+    return mod, importer._input_names

@@ -1,0 +1,214 @@
+"""CPU schedule rules (dlight-style) for what the default CPU pipeline leaves as naive loops.
+
+- ``CPUMatmul``: any GEMM-like block (MatMul, Gemm, batched MatMul, including transposed operands)
+  normalised to C[S, I, J] += A[S, I, K] * B[S, J, K], register-tiled MR x NR with the NR axis
+  vectorised, accumulated in a local tile, the fused epilogue (bias, activation, residual)
+  applied when the tile is written back, and parallel over tiles.
+- ``CPUFallback``: everything else: spatial producers inlined, leading data-parallel loops of
+  each block fused and run in parallel, the innermost loop vectorised when its extent allows.
+
+The 1.0x-of-ORT work (packed weights, conv schedules, edge-tile specialisation) lives in the
+CPU speed issue; these rules guarantee that no op runs as a naive serial loop nest.
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.analysis.common_analysis import get_sblockrealize
+from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
+from tvm.target import Target
+
+from ..targets import host_vector_lanes
+
+
+def _static(extent) -> int | None:
+    return int(extent.value) if isinstance(extent, tirx.IntImm) else None
+
+
+def _is_cpu(target: Target) -> bool:
+    return target.kind.name in ("llvm", "c")
+
+
+def _lanes(target: Target) -> int:
+    return host_vector_lanes() if target.kind.name == "llvm" else 4
+
+
+def _try(fn, *args) -> bool:
+    try:
+        fn(*args)
+        return True
+    except Exception:  # noqa: BLE001 - schedule primitives signal "not applicable" by raising
+        return False
+
+
+def _loads_of(stmt, buffer) -> int:
+    count = [0]
+
+    def visit(node):
+        if node.source.same_as(buffer):
+            count[0] += 1
+
+    tvm_ffi.structural_walk(stmt.body, (tvm.ir.TensorLoad, visit), order="post")
+    return count[0]
+
+
+def _fuse_epilogue(sch: s_tir.Schedule, block, loop) -> None:
+    """Fold the element-wise consumers (bias, activation, residual) into ``block``'s write-back.
+
+    A consumer that reads the result more than once (GELU: x * erf(x)) cannot be inlined (TVM
+    0.27 rewrites only one of the loads); it runs at ``loop`` instead, on the tile just written.
+    """
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            return
+        consumer = consumers[0]
+        written = sch.get(block).writes[0].source
+        if _loads_of(sch.get(consumer), written) == 1 and _try(sch.reverse_compute_inline, consumer):
+            continue
+        for producer in sch.get_producers(consumer):  # fold the chain into the consumer first
+            if not sch.get(producer).same_as(sch.get(block)):
+                _try(sch.compute_inline, producer)
+        if _try(sch.reverse_compute_at, consumer, loop):
+            loops = sch.get_loops(consumer)
+            _try(sch.vectorize, loops[-1])
+        return
+
+
+class CPUMatmul(ScheduleRule):
+    def is_target_available(self, target: Target) -> bool:
+        return _is_cpu(target)
+
+    def apply(self, func, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(get_root_block(sch))
+        reductions = get_reduction_blocks(sch, blocks)
+        if reductions is None:
+            return None
+        main = reductions[0]
+        if get_index_map(sch.get(main)) is None:
+            return None
+        # Normalise to [S, I, J, K] (batch, rows, columns, reduction).
+        reindex_a = sch.reindex(main, ("read", 0))
+        reindex_b = sch.reindex(main, ("read", 1))
+        reindex_c = sch.reindex(main, ("write", 0))
+        matmul_map, a_map, b_map, c_map = get_index_map(sch.get(main))
+        sch.transform_layout(reindex_a, ("write", 0), a_map)
+        sch.transform_layout(reindex_b, ("write", 0), b_map)
+        sch.transform_layout(reindex_c, ("read", 0), c_map)
+        sch.transform_block_layout(main, matmul_map)
+        sch.compute_inline(reindex_a)
+        sch.compute_inline(reindex_b)
+        for block in sch.get_producers(main):  # e.g. a transpose feeding the GEMM
+            _try(sch.compute_inline, block)
+
+        s, i, j, k = sch.get_loops(main)
+        m_extent, n_extent = _static(sch.get(i).extent), _static(sch.get(j).extent)
+        lanes = _lanes(target)
+        nr = 2 * lanes if (n_extent is None or n_extent >= 2 * lanes) else lanes
+        mr = 1 if m_extent == 1 else next((f for f in (6, 4) if m_extent and m_extent % f == 0), 4)
+        io, ii = sch.split(i, [None, mr])
+        jo, ji = sch.split(j, [None, nr])
+        sch.reorder(s, io, jo, k, ii, ji)
+        tile = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(tile, jo)
+        _fuse_epilogue(sch, tile, jo)
+        outer = sch.fuse(s, io, jo)
+        sch.parallel(outer)
+        sch.unroll(ii)
+        sch.vectorize(ji)
+        init = sch.decompose_reduction(main, k)
+        sch.vectorize(sch.get_loops(init)[-1])
+        write_loops = sch.get_loops(tile)
+        if len(write_loops) >= 2:
+            _try(sch.vectorize, write_loops[-1])
+        # Consumers that could not be fused (e.g. a reduction after the GEMM) get the fallback.
+        _schedule_remaining(sch, target, skip=_scheduled_names(sch, main))
+        return sch
+
+
+class CPUFallback(ScheduleRule):
+    def is_target_available(self, target: Target) -> bool:
+        return _is_cpu(target)
+
+    def apply(self, func, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        _schedule_remaining(sch, target, skip=set())
+        return sch
+
+
+def _scheduled_names(sch: s_tir.Schedule, main) -> set[str]:
+    """Blocks already placed by the matmul schedule: those under the main block's outer loop."""
+    outer = sch.get_loops(main)[0]
+    return {sch.get(b).name_hint for b in sch.get_child_blocks(outer)}
+
+
+def _schedule_remaining(sch: s_tir.Schedule, target: Target, skip: set) -> None:
+    root = get_root_block(sch)
+    # Inline spatial blocks into their consumers (or producers) so fewer loop nests remain.
+    for block in sch.get_child_blocks(root):
+        if sch.get(block).name_hint in skip:
+            continue
+        if not _try(sch.compute_inline, block):
+            _try(sch.reverse_compute_inline, block)
+    lanes = _lanes(target)
+    for block in sch.get_child_blocks(root):
+        if sch.get(block).name_hint in skip:
+            continue
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        spatial = _leading_spatial_loops(sch, block, loops)
+        if len(spatial) == len(loops) and len(loops) > 1:
+            spatial = spatial[:-1]  # keep the innermost loop for vectors
+        if spatial:
+            fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+            sch.parallel(fused)
+        inner = sch.get_loops(block)[-1]
+        extent = _static(sch.get(inner).extent)
+        if _innermost_is_spatial(sch, block) and extent and extent % lanes == 0 and extent >= lanes:
+            _, vec = sch.split(inner, [None, lanes])
+            _try(sch.vectorize, vec)
+
+
+def _leading_spatial_loops(sch, block, loops):
+    """Outer loops that bind only data-parallel block iters (safe to run in parallel)."""
+    stmt = sch.get(block)
+    reduce_vars = {iv.var for iv in stmt.iter_vars if iv.iter_type != tirx.IterVar.DataPar}
+    bindings = _iter_bindings(sch, block)
+    result = []
+    for loop in loops:
+        loop_var = sch.get(loop).loop_var
+        touches_reduce = any(
+            _uses_var(value, loop_var) for var, value in bindings.items() if var in reduce_vars
+        )
+        if touches_reduce:
+            break
+        result.append(loop)
+    return result
+
+
+def _innermost_is_spatial(sch, block) -> bool:
+    stmt = sch.get(block)
+    loop_var = sch.get(sch.get_loops(block)[-1]).loop_var
+    bindings = _iter_bindings(sch, block)
+    reduce_vars = {iv.var for iv in stmt.iter_vars if iv.iter_type != tirx.IterVar.DataPar}
+    return not any(_uses_var(value, loop_var) for var, value in bindings.items() if var in reduce_vars)
+
+
+def _iter_bindings(sch, block) -> dict:
+    realize = get_sblockrealize(sch, block)
+    return {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)}
+
+
+def _uses_var(expr, var) -> bool:
+    return any(v.same_as(var) for v in collect_vars_used_in_prim_expr(expr))

@@ -1,0 +1,152 @@
+"""The target registry: each target names how to build a TVM Target, its pipeline (legalize,
+schedule, finalize) and the device it runs on. Register new targets with ``register_target``."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ...errors import SparsecError
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    description: str
+    make: Callable[[dict], "object"]  # options -> tvm.target.Target
+    pipeline: Callable[["object"], "object"]  # tvm Target -> tvm.transform.Pass
+    device: Callable[[], "object"]  # -> tvm runtime device
+    can_run: Callable[[], tuple[bool, str]]  # (runnable here?, why not)
+    options: dict = field(default_factory=dict)  # option name -> help
+
+
+_TARGETS: dict[str, TargetSpec] = {}
+
+
+def register_target(spec: TargetSpec) -> TargetSpec:
+    _TARGETS[spec.name] = spec
+    return spec
+
+
+def get_target(name: str) -> TargetSpec:
+    if name not in _TARGETS:
+        raise SparsecError(f"unknown target {name!r}; available: {', '.join(sorted(_TARGETS))}")
+    return _TARGETS[name]
+
+
+def registered_targets() -> list[TargetSpec]:
+    return [_TARGETS[k] for k in sorted(_TARGETS)]
+
+
+# --- host CPU -------------------------------------------------------------------------------------
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def host_vector_lanes() -> int:
+    """float32 lanes of the widest vector unit the OS lets us use."""
+    flags = host_cpu_flags()
+    if "avx512f" in flags:
+        return 16
+    if "avx2" in flags or "avx" in flags:
+        return 8
+    return 4
+
+
+def _llvm_target(options: dict):
+    import tvm
+
+    detected = tvm.target.Target.from_device("cpu")
+    config = {"kind": "llvm", "mcpu": options.get("mcpu") or str(detected.attrs.get("mcpu", "generic")),
+              "num-cores": int(options.get("num_cores") or os.cpu_count() or 1)}
+    if detected.attrs.get("mtriple"):
+        config["mtriple"] = str(detected.attrs["mtriple"])
+    if platform.machine() in ("x86_64", "AMD64") and "mcpu" not in options and "avx512f" not in host_cpu_flags():
+        # LLVM may name a CPU model whose AVX-512 the OS or hypervisor has disabled (XCR0): using
+        # it would crash with SIGILL. Trust the kernel's flags over the CPU model name.
+        config["mattr"] = ["-avx512f"]
+    return tvm.target.Target(config)
+
+
+def _cpu_pipeline(target):
+    from .pipeline import cpu_pipeline
+
+    return cpu_pipeline(target)
+
+
+def _gpu_pipeline(target):
+    from .pipeline import gpu_pipeline
+
+    return gpu_pipeline(target)
+
+
+def _device(kind: str):
+    def get():
+        import tvm
+
+        return getattr(tvm, kind)(0)
+
+    return get
+
+
+def _runtime_exists(kind: str) -> Callable[[], tuple[bool, str]]:
+    def check():
+        import tvm
+
+        try:
+            dev = getattr(tvm, kind)(0)
+            if dev.exist:
+                return True, ""
+        except Exception:  # a runtime that is not built in raises
+            pass
+        return False, f"no {kind} device on this machine"
+
+    return check
+
+
+def _cuda_target(options: dict):
+    import tvm
+
+    arch = options.get("arch") or _detected_cuda_arch() or "sm_80"
+    return tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+
+
+def _detected_cuda_arch() -> str | None:
+    import tvm
+
+    try:
+        dev = tvm.cuda(0)
+        if dev.exist:
+            return "sm_" + dev.compute_version.replace(".", "")
+    except Exception:  # no CUDA runtime: fall back to the default arch
+        return None
+    return None
+
+
+register_target(TargetSpec(
+    "llvm", "this host's CPU through LLVM (mcpu detected, vectorised and multi-threaded)",
+    _llvm_target, _cpu_pipeline, _device("cpu"), lambda: (True, ""),
+    {"mcpu": "LLVM CPU name (default: detected)", "num_cores": "threads (default: all cores)"}))
+register_target(TargetSpec(
+    "cuda", "NVIDIA GPUs (CUDA); compiles without a GPU, runs where one exists",
+    _cuda_target, _gpu_pipeline, _device("cuda"), _runtime_exists("cuda"),
+    {"arch": "sm_XY (default: the GPU's, or sm_80 without one)"}))
+register_target(TargetSpec(
+    "opencl", "OpenCL devices (code generation; the TVM wheel has no OpenCL runtime)",
+    lambda o: __import__("tvm").target.Target({"kind": "opencl"}, host={"kind": "llvm"}),
+    _gpu_pipeline, _device("opencl"), _runtime_exists("opencl")))
+register_target(TargetSpec(
+    "c", "portable C source for the host (for toolchains without LLVM)",
+    lambda o: __import__("tvm").target.Target({"kind": "c"}),
+    _cpu_pipeline, _device("cpu"), lambda: (True, "")))

@@ -1,0 +1,21 @@
+"""sparsec: a compiler for sparse and conditional computation graphs, from ONNX, with TVM.
+
+    import sparsec
+    model = sparsec.compile("model.onnx", target="llvm")
+    outputs = model.run({"x": x})
+"""
+
+from .compiled import CompiledModel, TensorSpec, load_compiled
+from .driver import compile, prepare
+from .errors import CompileError, InputError, ModelLoadError, SparsecError, UnsupportedOpError
+from .frontend import load, save, to_onnx
+from .ir import Graph, Node, Value, print_graph, verify
+from .versions import versions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compile", "load", "load_compiled", "save", "to_onnx", "prepare", "CompiledModel", "TensorSpec",
+    "Graph", "Node", "Value", "print_graph", "verify", "versions",
+    "SparsecError", "ModelLoadError", "InputError", "UnsupportedOpError", "CompileError",
+]

@@ -1,0 +1,135 @@
+"""CompiledModel: run, inspect, export and reload what ``sparsec.compile`` built."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, SparsecError
+from .ir.graph import Value
+from .ir.types import TensorType
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: list  # ints, or names of symbolic dims, or None where unknown
+
+    @staticmethod
+    def of(value: Value) -> "TensorSpec":
+        t = value.type
+        if not isinstance(t, TensorType):
+            return TensorSpec(value.name, "unknown", None)
+        return TensorSpec(value.name, t.dtype, list(t.shape) if t.shape is not None else None)
+
+    def __str__(self) -> str:
+        shape = "?" if self.shape is None else ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{shape}]"
+
+
+class CompiledModel:
+    def __init__(self, runner, inputs: list[TensorSpec], outputs: list[TensorSpec], report: dict, manifest: dict):
+        self._runner = runner
+        self.inputs = inputs
+        self.outputs = outputs
+        self.report = report
+        self.manifest = manifest
+
+    @property
+    def target(self) -> str:
+        return self.report["target"]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run on named inputs; returns the outputs in the graph's output order."""
+        arrays = self._check_feeds(feeds)
+        return self._runner.run(arrays)
+
+    def __call__(self, *args, **feeds) -> list[np.ndarray]:
+        if args:
+            if len(args) == 1 and isinstance(args[0], dict) and not feeds:
+                return self.run(args[0])
+            if len(args) > len(self.inputs):
+                raise InputError(f"the model takes {len(self.inputs)} inputs, got {len(args)}")
+            feeds = {**dict(zip((s.name for s in self.inputs), args)), **feeds}
+        return self.run(feeds)
+
+    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not isinstance(feeds, dict):
+            raise InputError("feeds must be a dict of input name -> numpy array")
+        expected = [s.name for s in self.inputs]
+        unknown = [k for k in feeds if k not in expected]
+        if unknown:
+            raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are {expected}")
+        missing = [k for k in expected if k not in feeds]
+        if missing:
+            raise InputError(f"missing input {missing[0]!r}; the model's inputs are: " + ", ".join(map(str, self.inputs)))
+        symbols: dict[str, tuple[int, str]] = {}
+        arrays = []
+        for spec in self.inputs:
+            array = feeds[spec.name]
+            if not isinstance(array, np.ndarray):
+                array = np.asarray(array)
+            if str(array.dtype) != spec.dtype:
+                raise InputError(f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
+            if spec.shape is not None:
+                if array.ndim != len(spec.shape):
+                    raise InputError(f"input {spec.name!r} has shape {list(array.shape)}, expected rank {len(spec.shape)} ({spec})")
+                for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+                    if isinstance(want, int) and want != got:
+                        raise InputError(f"input {spec.name!r} has shape {list(array.shape)}, expected {spec} (axis {axis})")
+                    if isinstance(want, str):
+                        seen = symbols.setdefault(want, (got, spec.name))
+                        if seen[0] != got:
+                            raise InputError(f"input {spec.name!r} gives dim {want!r} = {got}, but {seen[1]!r} gave {seen[0]}")
+            arrays.append(array)
+        return arrays
+
+    # --- artifacts ------------------------------------------------------------------------------
+    def export(self, folder: "str | os.PathLike") -> Path:
+        """Write the compiled library and ``manifest.json`` to ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not hasattr(self._runner, "export"):
+            raise SparsecError(f"the {self.report.get('backend')} backend has nothing to export")
+        files = self._runner.export(folder)
+        manifest = dict(self.manifest, files=files, report=self.report,
+                        inputs=[asdict(s) for s in self.inputs], outputs=[asdict(s) for s in self.outputs])
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        return folder
+
+    def __repr__(self) -> str:
+        ins = ", ".join(map(str, self.inputs))
+        outs = ", ".join(map(str, self.outputs))
+        return f"CompiledModel(target={self.target!r}, inputs=[{ins}], outputs=[{outs}])"
+
+
+def load_compiled(folder: "str | os.PathLike") -> CompiledModel:
+    """Load what ``CompiledModel.export`` wrote, with no recompilation."""
+    from sparsec.backends import get_backend
+
+    from .versions import versions
+
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise SparsecError(f"{folder} is not a compiled sparsec model (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SparsecError(f"{path} is corrupt: {err}") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise SparsecError(f"{folder} was written in format {manifest.get('format')}; this sparsec reads format {FORMAT_VERSION}")
+    built_with = manifest.get("versions", {}).get("tvm")
+    if built_with and built_with != versions()["tvm"]:
+        raise SparsecError(f"{folder} was compiled with TVM {built_with}; this install has {versions()['tvm']}: recompile it")
+    runner = get_backend(manifest["backend"]).load(folder, manifest)
+    specs = lambda items: [TensorSpec(**s) for s in items]  # noqa: E731
+    return CompiledModel(runner, specs(manifest["inputs"]), specs(manifest["outputs"]), manifest["report"], manifest)

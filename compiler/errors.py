@@ -1,0 +1,30 @@
+"""The errors sparsec raises for problems a user can fix. The CLI prints them as one line."""
+
+
+class SparsecError(Exception):
+    """Base class: a clear, user-facing problem (bad file, bad input, unsupported op)."""
+
+
+class ModelLoadError(SparsecError):
+    """The model file is missing, malformed, truncated or unsafe (external data escaping)."""
+
+
+class UnsupportedOpError(SparsecError):
+    """Ops the backend cannot lower. ``ops`` lists (op_type, domain, node_name, opset)."""
+
+    def __init__(self, ops: list[tuple[str, str, str, int | None]], backend: str):
+        self.ops = ops
+        self.backend = backend
+        shown = "; ".join(
+            f"{op} (domain {dom or 'ai.onnx'}, node {name!r}, opset {ver})" for op, dom, name, ver in ops[:12]
+        )
+        more = f"; and {len(ops) - 12} more" if len(ops) > 12 else ""
+        super().__init__(f"{backend} cannot lower {len(ops)} op(s): {shown}{more}")
+
+
+class InputError(SparsecError):
+    """Run-time feeds that do not match the model: unknown or missing name, wrong shape or dtype."""
+
+
+class CompileError(SparsecError):
+    """Compilation failed for a reason the user should know about (the message says which)."""
