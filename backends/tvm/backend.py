@@ -30,7 +30,12 @@ class TVMBackend:
             raise
         except Exception as err:  # TVM raises its own error types from C++
             first = str(err).strip().splitlines()
-            raise CompileError(f"TVM failed to build for {target}: {first[-1] if first else type(err).__name__}") from err
+            message = f"TVM failed to build for {target}: {first[-1] if first else type(err).__name__}"
+            symbols = sorted({d for v in graph.inputs if v.shape for d in v.shape if isinstance(d, str)})
+            if symbols:
+                message += (f" (the model has symbolic input dims {symbols}; pinning them often helps: "
+                            f"dims={{{', '.join(repr(s) + ': N' for s in symbols)}}} or --dim NAME=N)")
+            raise CompileError(message) from err
         return TVMRunner(executable, target, str(tvm_target), options.get("num_threads"))
 
     def load(self, folder: Path, manifest: dict) -> "TVMRunner":

@@ -20,7 +20,7 @@ from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.analysis.common_analysis import get_sblockrealize
 from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
 from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
+from tvm.s_tir.dlight.gpu.matmul import IterKind, detect_iter_traits, get_index_map, get_reduction_blocks
 from tvm.target import Target
 
 from ..targets import host_vector_lanes
@@ -95,6 +95,7 @@ class CPUMatmul(ScheduleRule):
         main = reductions[0]
         if get_index_map(sch.get(main)) is None:
             return None
+        row_axes = sum(1 for t in detect_iter_traits(sch.get(main))[3] if t.kind == IterKind.kIter_I)
         # Normalise to [S, I, J, K] (batch, rows, columns, reduction).
         reindex_a = sch.reindex(main, ("read", 0))
         reindex_b = sch.reindex(main, ("read", 1))
@@ -112,7 +113,12 @@ class CPUMatmul(ScheduleRule):
         s, i, j, k = sch.get_loops(main)
         m_extent, n_extent = _static(sch.get(i).extent), _static(sch.get(j).extent)
         lanes = _lanes(target)
-        nr = 2 * lanes if (n_extent is None or n_extent >= 2 * lanes) else lanes
+        # A column tile that divides N leaves no column tail: TVM 0.27's reverse_compute_at drops
+        # the column predicate of the write-back when rows are fused from several axes.
+        if n_extent is not None:
+            nr = next(f for f in (2 * lanes, lanes, 8, 4, 2, 1) if n_extent % f == 0)
+        else:
+            nr = 2 * lanes if row_axes <= 1 else 1
         mr = 1 if m_extent == 1 else next((f for f in (6, 4) if m_extent and m_extent % f == 0), 4)
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])

@@ -1,0 +1,214 @@
+"""The ``sparsec`` command line: compile, run, inspect, targets, passes.
+
+Errors a user can fix print as one line on stderr with exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import SparsecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="sparsec: compile ONNX models into sparse and conditional code with TVM.")
+console = Console()
+err_console = Console(stderr=True)
+
+TargetOpt = typer.Option("llvm", "--target", "-t", help="target name (see `sparsec targets`)")
+PassesOpt = typer.Option("default", "--passes", "-p", help="'default', 'none', or comma-separated pass names")
+DimOpt = typer.Option(None, "--dim", help="pin a symbolic input dim, NAME=SIZE (repeatable)")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: all cores)")
+
+
+def _parse_dims(items: list[str] | None) -> dict[str, int] | None:
+    dims = {}
+    for item in items or []:
+        match = re.fullmatch(r"([^=]+)=(\d+)", item.strip())
+        if not match:
+            raise SparsecError(f"--dim expects NAME=SIZE, got {item!r}")
+        dims[match.group(1)] = int(match.group(2))
+    return dims or None
+
+
+def _compile(model: Path, target: str, passes: str, dims, threads):
+    import sparsec
+
+    with err_console.status(f"compiling {model.name} for {target} ..."):
+        return sparsec.compile(str(model), target=target, passes=passes, dims=_parse_dims(dims), num_threads=threads)
+
+
+@app.command("compile")
+def compile_cmd(model: Path = typer.Argument(..., help="ONNX model file"),
+                output: Path = typer.Option(..., "-o", "--output", help="folder for the compiled model"),
+                target: str = TargetOpt, passes: str = PassesOpt, dim: Optional[list[str]] = DimOpt,
+                threads: Optional[int] = ThreadsOpt):
+    """Compile MODEL and write the library and manifest to a folder."""
+    compiled = _compile(model, target, passes, dim, threads)
+    compiled.export(output)
+    rewrites = ", ".join(f"{k}={v}" for k, v in compiled.report["rewrites"].items()) or "none"
+    console.print(f"compiled {model} for {target} in {compiled.report['compile_seconds']:.1f} s -> {output}")
+    console.print(f"passes: {', '.join(compiled.report['passes']) or 'none'}; rewrites: {rewrites}")
+
+
+@app.command("run")
+def run_cmd(model: Path = typer.Argument(..., help="compiled folder, or an ONNX file (compiled first)"),
+            input: Optional[list[str]] = typer.Option(None, "--input", "-i", help="NAME=FILE.npy (repeatable)"),
+            output: Path = typer.Option(..., "-o", "--output", help="folder for <output>.npy files"),
+            target: str = TargetOpt, passes: str = PassesOpt, dim: Optional[list[str]] = DimOpt,
+            threads: Optional[int] = ThreadsOpt):
+    """Run a compiled model (or an ONNX file) on inputs given as .npy files."""
+    import sparsec
+
+    if model.is_dir():
+        compiled = sparsec.load_compiled(model)
+    elif model.exists():
+        compiled = _compile(model, target, passes, dim, threads)
+    else:
+        raise SparsecError(f"{model} does not exist")
+    feeds = {}
+    for item in input or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SparsecError(f"--input expects NAME=FILE.npy, got {item!r}")
+        feeds[name] = _load_npy(Path(path), name)
+    outputs = compiled.run(feeds)
+    output.mkdir(parents=True, exist_ok=True)
+    for spec, array in zip(compiled.outputs, outputs):
+        path = output / (re.sub(r"[^A-Za-z0-9_.-]", "_", spec.name) + ".npy")
+        np.save(path, array)
+        console.print(f"{spec.name}: {array.dtype}{list(array.shape)} -> {path}", markup=False)
+
+
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    if not path.is_file():
+        raise SparsecError(f"input {name!r}: file {path} not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise SparsecError(f"input {name!r}: {path} is not a .npy array ({err})") from None
+
+
+@app.command("inspect")
+def inspect_cmd(model: Path = typer.Argument(..., help="ONNX model file"),
+                as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+                dim: Optional[list[str]] = DimOpt):
+    """Show a model's ops, parameters, weight sparsity and what the passes could do."""
+    import sparsec
+
+    from .inspect import summarize
+
+    with err_console.status(f"loading {model.name} ..."):
+        graph = sparsec.load(str(model))
+        sparsec.prepare(graph, dims=_parse_dims(dim))
+        info = summarize(graph)
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    console.print(f"[bold]{model}[/bold]: {info['nodes']} nodes, {info['parameters']:,} parameters "
+                  f"({info['parameter_bytes'] / 1e6:.1f} MB), opsets {info['opsets']}")
+    console.print("inputs:  " + "; ".join(info["inputs"]), markup=False)
+    console.print("outputs: " + "; ".join(info["outputs"]), markup=False)
+    ops = Table("op", "count", title="ops")
+    for op, count in info["ops"].items():
+        ops.add_row(op, str(count))
+    console.print(ops)
+    if info["weights"]:
+        weights = Table("weight", "op", "shape", "dtype", "sparsity", title="weights feeding MatMul/Gemm/Conv")
+        for w in info["weights"]:
+            weights.add_row(w["name"], w["op"], "x".join(map(str, w["shape"])), w["dtype"], f"{100 * w['sparsity']:.1f}%")
+        console.print(weights)
+    if not info["pass_candidates"]:
+        console.print("passes: none registered yet, so no rewrite can fire")
+    for name, found in info["pass_candidates"].items():
+        console.print(f"pass {name}: {len(found)} candidate(s)" + "".join(f"\n  - {c}" for c in found))
+    if info["tvm_unsupported"]:
+        console.print("[red]TVM cannot lower:[/red] " + "; ".join(f"{u['op']} ({u['domain']}, node {u['node']})" for u in info["tvm_unsupported"]))
+
+
+@app.command("example")
+def example_cmd(target: str = TargetOpt, batch: int = typer.Option(8, help="rows of the example input")):
+    """Build a small MLP from sparsec.models, compile it, run it and compare with ONNX Runtime."""
+    import tempfile
+
+    import onnx
+
+    import sparsec
+    from sparsec.backends import ort
+    from sparsec.models import mlp
+
+    folder = Path(tempfile.mkdtemp(prefix="sparsec-example-"))
+    path = folder / "mlp.onnx"
+    onnx.save(mlp((256, 1024, 256), activation="gelu"), path)
+    console.print(f"built {path} (MLP 256 -> 1024 -> 256, GELU) with sparsec.models.mlp")
+    compiled = _compile(path, target, "default", None, None)
+    x = np.random.default_rng(0).standard_normal((batch, 256)).astype(np.float32)
+    ours = compiled.run({"x": x})[0]
+    reference = ort.run(str(path), {"x": x})[0]
+    error = float(np.max(np.abs(ours - reference)))
+    same = bool(np.allclose(ours, reference, rtol=1e-3, atol=1e-4))
+    console.print(f"compiled for {target} in {compiled.report['compile_seconds']:.1f} s; ran on x[{batch}, 256] -> y{list(ours.shape)}")
+    console.print(f"max |sparsec - onnxruntime| = {error:.3g}: " + ("[green]outputs match[/green]" if same else "[red]MISMATCH[/red]"))
+    if not same:
+        raise typer.Exit(1)
+
+
+@app.command("targets")
+def targets_cmd():
+    """List compilation targets and whether they can run here."""
+    from sparsec.backends.tvm.targets import registered_targets
+
+    table = Table("target", "runs here", "description", "options")
+    for spec in registered_targets():
+        ok, why = spec.can_run()
+        table.add_row(spec.name, "yes" if ok else f"no: {why}", spec.description,
+                      "; ".join(f"{k}: {v}" for k, v in spec.options.items()))
+    console.print(table)
+
+
+@app.command("passes")
+def passes_cmd():
+    """List the rewrite passes (exact ones run by default)."""
+    from .passmanager import registered_passes
+
+    found = registered_passes()
+    if not found:
+        console.print("no rewrite passes are registered yet; `--passes default` compiles the model as it is")
+        return
+    table = Table("pass", "exact", "default", "description")
+    for cls in found:
+        table.add_row(cls.name, "yes" if cls.exact else "no (reports its error)", "yes" if cls.default else "no", cls.description)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except SparsecError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as done:
+        code = getattr(done, "exit_code", getattr(done, "code", 0))
+        sys.exit(code or 0)
+    except Exception as err:  # click usage errors and aborts
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

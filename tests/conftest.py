@@ -1,0 +1,22 @@
+import numpy as np
+import pytest
+
+from sparsec.backends import ort
+
+RTOL, ATOL = 1e-3, 1e-4
+
+
+def assert_matches_ort(compiled, model, feeds, rtol=RTOL, atol=ATOL):
+    """The differential check: sparsec's outputs equal ORT's on the original model."""
+    ours = compiled.run(feeds)
+    reference = ort.run(model, feeds)
+    assert len(ours) == len(reference)
+    for got, want in zip(ours, reference):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+    return ours
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,160 @@
+"""Differential tests: sparsec's TVM build against ONNX Runtime on the same model."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import sparsec
+from conftest import assert_matches_ort
+from sparsec import InputError, SparsecError, UnsupportedOpError
+from sparsec.models import mlp
+
+
+def make(nodes, inputs, outputs, inits=(), opset=17):
+    graph = helper.make_graph(nodes, "t", inputs, outputs, initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def f32(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+@pytest.mark.parametrize("sizes, activation", [((37, 53, 19), "relu"), ((64, 96, 33), "gelu"), ((16, 48, 16), "sigmoid")])
+def test_mlp_matches_ort_on_edge_tiles(sizes, activation, rng):
+    model = mlp(sizes, activation=activation)
+    compiled = sparsec.compile(model)
+    for rows in (1, 5, 17):  # not multiples of the register tile
+        assert_matches_ort(compiled, model, {"x": rng.standard_normal((rows, sizes[0])).astype(np.float32)})
+
+
+def test_attention_block(rng):
+    d = 24
+    wq = numpy_helper.from_array((rng.standard_normal((d, d)) / 5).astype(np.float32), "wq")
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "xt"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "x"], ["ctx"]),
+        helper.make_node("LayerNormalization", ["ctx", "gamma", "beta"], ["y"], axis=-1),
+    ]
+    inits = [wq, numpy_helper.from_array(np.linspace(0.5, 1.5, d).astype(np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(d, np.float32), "beta")]
+    model = make(nodes, [f32("x", ["b", "s", d])], [f32("y", ["b", "s", d])], inits)
+    compiled = sparsec.compile(model)
+    for b, s in ((1, 7), (3, 13)):
+        assert_matches_ort(compiled, model, {"x": rng.standard_normal((b, s, d)).astype(np.float32)})
+
+
+def test_gemm_transposed_and_scaled(rng):
+    w = numpy_helper.from_array(rng.standard_normal((21, 30)).astype(np.float32), "w")
+    c = numpy_helper.from_array(rng.standard_normal(21).astype(np.float32), "c")
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)]
+    model = make(nodes, [f32("x", [6, 30])], [f32("y", [6, 21])], [w, c])
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((6, 30)).astype(np.float32)})
+
+
+def test_conv_block(rng):
+    w = numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) / 3).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")
+    dw = numpy_helper.from_array(rng.standard_normal((6, 1, 3, 3)).astype(np.float32), "dw")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", ["r", "dw"], ["d"], group=6, strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["d"], ["y"]),
+    ]
+    model = make(nodes, [f32("x", [2, 3, 11, 11])], [f32("y", [2, 6, 1, 1])], [w, b, dw])
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((2, 3, 11, 11)).astype(np.float32)})
+
+
+def test_report_and_passes_contract():
+    model = mlp((8, 8))
+    compiled = sparsec.compile(model, passes=[])
+    report = compiled.report
+    json.dumps(report)  # JSON-serialisable
+    assert report["target"] == "llvm" and report["passes"] == [] and report["rewrites"] == {}
+    assert report["compile_seconds"] > 0
+    assert sparsec.compile(model, passes="default").report["passes"] == []  # no exact passes exist yet
+    with pytest.raises(SparsecError, match="unknown pass 'nope'"):
+        sparsec.compile(model, passes=["nope"])
+
+
+def test_graph_input_is_not_mutated(rng):
+    graph = sparsec.load(mlp((8, 8)))
+    before = str(graph)
+    compiled = sparsec.compile(graph)
+    assert str(graph) == before
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    assert_matches_ort(compiled, mlp((8, 8)), {"x": x})
+    assert compiled(x)[0].shape == (2, 8) and compiled(x=x)[0].shape == (2, 8)
+
+
+def test_export_and_load_compiled(tmp_path, rng):
+    model = mlp((16, 32, 8))
+    compiled = sparsec.compile(model)
+    compiled.export(tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    for key in ("inputs", "outputs", "target", "passes", "versions", "source_sha256"):
+        assert key in manifest
+    assert manifest["versions"]["tvm"] == "0.27.0.post1"
+    loaded = sparsec.load_compiled(tmp_path / "out")
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.run({"x": x})[0], compiled.run({"x": x})[0])
+    assert_matches_ort(loaded, model, {"x": x})
+
+
+def test_bad_inputs_get_clear_errors(rng):
+    compiled = sparsec.compile(mlp((8, 4)))
+    good = rng.standard_normal((2, 8)).astype(np.float32)
+    with pytest.raises(InputError, match="unknown input 'y'"):
+        compiled.run({"y": good})
+    with pytest.raises(InputError, match="missing input 'x'"):
+        compiled.run({})
+    with pytest.raises(InputError, match="dtype float64, expected float32"):
+        compiled.run({"x": good.astype(np.float64)})
+    with pytest.raises(InputError, match="expected x: float32\\[batch,8\\]"):
+        compiled.run({"x": good[:, :5]})
+    with pytest.raises(InputError, match="expected rank 2"):
+        compiled.run({"x": good[0]})
+
+
+def test_every_unsupported_op_is_reported_at_once():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok"),
+             helper.make_node("Frobnicate", ["a"], ["b"], domain="acme", name="first_bad"),
+             helper.make_node("Zap", ["b"], ["y"], domain="acme", name="second_bad")]
+    graph = helper.make_graph(nodes, "t", [f32("x", [2])], [f32("y", [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 3)])
+    with pytest.raises(UnsupportedOpError) as info:
+        sparsec.compile(model)
+    assert [(o, d, n, v) for o, d, n, v in info.value.ops] == [("Frobnicate", "acme", "first_bad", 3), ("Zap", "acme", "second_bad", 3)]
+    assert "Frobnicate (domain acme, node 'first_bad', opset 3)" in str(info.value)
+
+
+def test_pinned_dims_fold_shape_computations(rng):
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["r"]),
+             helper.make_node("Relu", ["r"], ["y"])]
+    model = make(nodes, [f32("x", ["n", 5])], [f32("y", ["n", 5])])
+    compiled = sparsec.compile(model, dims={"n": 3})
+    assert compiled.report["prepare"]["pinned_dims"] == 1 and compiled.report["prepare"]["folded"] >= 1
+    assert compiled.inputs[0].shape == [3, 5]
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((3, 5)).astype(np.float32)})
+
+
+def test_cuda_compiles_and_exports_without_a_gpu(tmp_path):
+    compiled = sparsec.compile(mlp((32, 64, 16)), target="cuda", arch="sm_80")
+    compiled.export(tmp_path / "cuda")
+    assert (tmp_path / "cuda" / "model.so").stat().st_size > 0
+    manifest = json.loads((tmp_path / "cuda" / "manifest.json").read_text())
+    assert manifest["target"] == "cuda" and '"kind":"cuda"' in manifest["tvm_target"].replace(" ", "")
+    from sparsec.backends.tvm.targets import get_target
+
+    if not get_target("cuda").can_run()[0]:
+        with pytest.raises(SparsecError, match="cannot run a cuda model here"):
+            compiled.run({"x": np.zeros((2, 32), np.float32)})
+    else:  # a lent GPU: run it and compare
+        x = np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)
+        assert_matches_ort(compiled, mlp((32, 64, 16)), {"x": x})
