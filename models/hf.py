@@ -119,9 +119,6 @@ def mixtral(layers: int = 1, hidden: int = 64, experts: int = 4, top_k: int = 2,
     config = transformers.MixtralConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=ffn,
                                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                                         num_local_experts=experts, num_experts_per_tok=top_k,
-                                        max_position_embeddings=256, attn_implementation="eager")
-    try:
-        config.experts_implementation = experts_implementation
-    except AttributeError:
-        pass
+                                        max_position_embeddings=256, attn_implementation="eager",
+                                        experts_implementation=experts_implementation)
     return _decoder_export(transformers.MixtralForCausalLM(config), 2, 8)

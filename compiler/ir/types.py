@@ -145,8 +145,8 @@ def type_from_onnx(type_proto: onnx.TypeProto) -> ValueType | None:
         dims: list[Dim] = []
         for d in tt.shape.dim:
             which = d.WhichOneof("value")
-            if which == "dim_value":
-                dims.append(int(d.dim_value))
+            if which == "dim_value":  # some exporters write -1 for "unknown"
+                dims.append(int(d.dim_value) if d.dim_value >= 0 else None)
             elif which == "dim_param" and d.dim_param:
                 dims.append(d.dim_param)
             else:

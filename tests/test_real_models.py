@@ -1,0 +1,51 @@
+"""Real architectures and trained weights, compiled for llvm and compared with ORT."""
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import sparsec
+from conftest import assert_matches_ort
+
+hf = pytest.importorskip("sparsec.models.hf", reason="needs the models extra (torch, transformers)")
+pytestmark = pytest.mark.slow
+
+
+@functools.cache
+def exported(name: str) -> onnx.ModelProto:
+    return getattr(hf, name)()
+
+
+def token_feeds(rng, batch, seq, vocab=1000):
+    mask = np.ones((batch, seq), np.int64)
+    mask[0, -3:] = 0  # padding in the first row exercises the attention mask
+    return {"input_ids": rng.integers(0, vocab, (batch, seq)).astype(np.int64), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("name, batch, seq", [("minilm", 2, 16), ("minilm", 1, 128), ("bert", 2, 12), ("opt", 2, 12)])
+def test_transformer_matches_ort(name, batch, seq, rng):
+    model = exported(name)
+    compiled = sparsec.compile(model, dims={"batch": batch, "sequence": seq})
+    assert_matches_ort(compiled, model, token_feeds(rng, batch, seq))
+
+
+def test_mixtral_moe_matches_ort(rng):
+    model = exported("mixtral")
+    compiled = sparsec.compile(model, dims={"batch": 2, "sequence": 8})
+    feeds = token_feeds(rng, 2, 8)
+    assert_matches_ort(compiled, model, feeds)
+    feeds["input_ids"][:] = 7  # every token the same: all routed to the same experts
+    assert_matches_ort(compiled, model, feeds)
+
+
+def test_trained_cnn_from_pypi_matches_ort(rng):
+    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
+    path = Path(rapidocr.__file__).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    graph = sparsec.load(path)
+    assert sum(1 for n in graph.walk() if n.op_type == "Conv") > 20  # a real MobileNet, not a toy
+    x = rng.random((2, 3, 48, 192)).astype(np.float32)
+    compiled = sparsec.compile(str(path), shapes={graph.inputs[0].name: list(x.shape)})
+    assert_matches_ort(compiled, str(path), {compiled.inputs[0].name: x})
