@@ -1,0 +1,25 @@
+"""The ONNX node suite through sparsec's import -> IR -> export round trip, on ONNX Runtime.
+
+Every case in the checked-in pass list must still pass; regenerate the list with
+``python tests/onnx_node_cases.py --update`` when sparsec gains cases.
+"""
+
+import json
+
+import pytest
+
+from onnx_node_cases import ROUNDTRIP_LIST, SUMMARY, cases, roundtrip
+
+LISTED = ROUNDTRIP_LIST.read_text().split()
+
+
+def test_list_and_summary_agree():
+    summary = json.loads(SUMMARY.read_text())
+    assert len(LISTED) == summary["roundtrip_pass"] > 1000
+    assert summary["total"] == len(cases())
+
+
+@pytest.mark.parametrize("name", LISTED)
+def test_roundtrip(name):
+    ok, why = roundtrip(cases()[name])
+    assert ok, why
