@@ -1,6 +1,7 @@
 """The ONNX backend node suite, regenerated from the case definitions the onnx wheel ships.
 
-    python tests/onnx_node_cases.py --update     # rewrites tests/data/node_roundtrip_pass.txt
+    python tests/onnx_node_cases.py --update       # rewrites tests/data/node_roundtrip_pass.txt
+    python tests/onnx_node_cases.py --update-tvm   # rewrites tests/data/node_tvm_pass.txt
 
 Round trip: sparsec.load -> sparsec.to_onnx -> ONNX Runtime, compared with the case's expected
 outputs. The checked-in list holds the cases that pass; tests fail if one of them stops passing.
@@ -85,11 +86,43 @@ def update() -> None:
         elif ok_original:
             reasons[name] = why
     ROUNDTRIP_LIST.write_text("\n".join(passed) + "\n")
-    summary = {"total": len(cases()), "ort_original_pass": ort_passed, "roundtrip_pass": len(passed),
-               "roundtrip_fail_where_ort_passes": reasons}
+    summary = json.loads(SUMMARY.read_text()) if SUMMARY.exists() else {}
+    summary.update({"total": len(cases()), "ort_original_pass": ort_passed, "roundtrip_pass": len(passed),
+                    "roundtrip_fail_where_ort_passes": reasons})
     SUMMARY.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(f"{len(cases())} cases; ORT on the originals passes {ort_passed}; sparsec round trip passes {len(passed)}")
 
 
 if __name__ == "__main__" and "--update" in sys.argv:
     update()
+
+
+TVM_LIST = DATA / "node_tvm_pass.txt"
+
+
+def through_tvm(case) -> tuple[bool, str]:
+    """import -> IR -> TVM (llvm, no passes) -> run, compared with the case's expected outputs."""
+    import sparsec
+
+    try:
+        compiled = sparsec.compile(case.model, passes=[])
+        for inputs, outputs in case.data_sets:
+            got = compiled.run(dict(zip([s.name for s in compiled.inputs], inputs)))
+            if not _same(got, list(outputs), max(case.rtol, 1e-3), max(case.atol, 1e-4)):
+                return False, "outputs differ"
+        return True, ""
+    except Exception as err:  # any failure fails the case
+        return False, f"{type(err).__name__}: {str(err).strip()[:160]}"
+
+
+def update_tvm() -> None:
+    passed = [name for name, case in sorted(cases().items()) if through_tvm(case)[0]]
+    TVM_LIST.write_text("\n".join(passed) + "\n")
+    summary = json.loads(SUMMARY.read_text())
+    summary["tvm_pass"] = len(passed)
+    SUMMARY.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(f"sparsec -> TVM passes {len(passed)} of {len(cases())}")
+
+
+if __name__ == "__main__" and "--update-tvm" in sys.argv:
+    update_tvm()
