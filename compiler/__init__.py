@@ -5,9 +5,10 @@
     outputs = model.run({"x": x})
 """
 
+from .benchmark import BenchResult, bench
 from .compiled import CompiledModel, TensorSpec, load_compiled
 from .driver import compile, prepare
-from .errors import CompileError, InputError, ModelLoadError, SparsecError, UnsupportedOpError
+from .errors import BackendOutputError, CompileError, InputError, ModelLoadError, SparsecError, UnsupportedOpError
 from .frontend import load, save, to_onnx
 from .ir import Graph, Node, Value, print_graph, verify
 from .versions import versions
@@ -15,7 +16,7 @@ from .versions import versions
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "load", "load_compiled", "save", "to_onnx", "prepare", "CompiledModel", "TensorSpec",
+    "compile", "bench", "BenchResult", "load", "load_compiled", "save", "to_onnx", "prepare", "CompiledModel", "TensorSpec",
     "Graph", "Node", "Value", "print_graph", "verify", "versions",
-    "SparsecError", "ModelLoadError", "InputError", "UnsupportedOpError", "CompileError",
+    "SparsecError", "BackendOutputError", "ModelLoadError", "InputError", "UnsupportedOpError", "CompileError",
 ]

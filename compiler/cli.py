@@ -1,4 +1,4 @@
-"""The ``sparsec`` command line: compile, run, inspect, targets, passes.
+"""The ``sparsec`` command line: compile, run, inspect, bench, targets, passes.
 
 Errors a user can fix print as one line on stderr with exit status 2; never a traceback.
 """
@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="sparsec: compile ONNX models into sparse and conditional code with TVM.")
 console = Console()
 err_console = Console(stderr=True)
+_ARGV: list[str] = []  # the arguments main() was given, recorded in bench results
 
 TargetOpt = typer.Option("llvm", "--target", "-t", help="target name (see `sparsec targets`)")
 PassesOpt = typer.Option("default", "--passes", "-p", help="'default', 'none', or comma-separated pass names")
@@ -162,6 +163,78 @@ def example_cmd(target: str = TargetOpt, batch: int = typer.Option(8, help="rows
         raise typer.Exit(1)
 
 
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+@app.command("bench")
+def bench_cmd(models: Optional[list[Path]] = typer.Argument(None, help="ONNX model files (or use --family)"),
+              backends: str = typer.Option("ort,tvm,sparsec", "--backends", "-b",
+                                           help="comma-separated: ort, ort-cuda, tvm, sparsec, sparsec:PASS+PASS"),
+              targets: str = typer.Option("llvm", "--targets", "-t", help="comma-separated targets for tvm/sparsec"),
+              passes: str = PassesOpt, threads: Optional[int] = ThreadsOpt,
+              batch: Optional[str] = typer.Option(None, "--batch", help="comma-separated sizes for the leading symbolic dim"),
+              dim: Optional[list[str]] = DimOpt,
+              inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz with one array per model input"),
+              repeat: int = typer.Option(20, "--repeat", help="timed runs per backend (interleaved)"),
+              warmup: int = typer.Option(3, "--warmup", help="untimed runs per backend first"),
+              family: Optional[str] = typer.Option(None, "--family", help="generated model family (see --list-families)"),
+              sweep: Optional[list[str]] = typer.Option(None, "--sweep", help="family PARAM=V1,V2,... (repeatable)"),
+              list_families: bool = typer.Option(False, "--list-families", help="list model families and exit"),
+              json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
+              csv_out: Optional[Path] = typer.Option(None, "--csv", help="write one CSV row per case x backend"),
+              markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write a markdown table"),
+              plot_out: Optional[Path] = typer.Option(None, "--plot", help="write a PNG chart"),
+              rtol: float = typer.Option(1e-3, "--rtol"), atol: float = typer.Option(1e-4, "--atol"),
+              seed: int = typer.Option(0, "--seed", help="seed of the generated inputs")):
+    """Time ONNX Runtime, plain TVM and sparsec side by side on models, checking every output."""
+    import shlex
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .benchmark import bench, families, get_family, sweep_cases
+    from .benchmark.families import parse_sweep
+
+    if list_families:
+        table = Table("family", "parameters (defaults)", "description")
+        for fam in families():
+            table.add_row(fam.name, ", ".join(f"{k}={v}" for k, v in fam.params.items()), fam.doc)
+        console.print(table)
+        return
+    cases: list = [str(m) for m in models or []]
+    swept = None
+    if family:
+        fam = get_family(family)
+        grid = parse_sweep(fam, sweep or [])
+        cases += sweep_cases(family, grid)
+        swept = next((k for k, v in grid.items() if len(v) > 1), None)
+    elif sweep:
+        raise SparsecError("--sweep needs --family")
+    if not cases:
+        raise SparsecError("give a model file, or --family NAME (see --list-families)")
+    sizes = [int(b) for b in _split([batch])] if batch else None
+    command = "sparsec " + " ".join(shlex.quote(a) for a in _ARGV)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err_console,
+                  transient=True) as bar:
+        task = bar.add_task("benchmarking", total=None)
+        result = bench(cases, backends=_split([backends]), targets=_split([targets]), passes=passes, threads=threads,
+                       batch=sizes, dims=_parse_dims(dim), inputs=inputs, repeat=repeat, warmup=warmup, rtol=rtol,
+                       atol=atol, seed=seed, command=command,
+                       progress=lambda text, done, total: bar.update(task, description=text, completed=done, total=total))
+    # A pipe or file gets the whole table, not one folded to 80 columns.
+    (console if console.is_terminal else Console(width=200)).print(result.table())
+    for path, write in [(json_out, result.to_json), (csv_out, result.to_csv), (markdown_out, result.to_markdown)]:
+        if path:
+            write(path)
+            console.print(f"wrote {path}")
+    if plot_out:
+        result.plot(plot_out, sweep=swept)
+        console.print(f"wrote {plot_out}")
+    if result.mismatches:
+        err_console.print(f"[red]{len(result.mismatches)} backend result(s) do not match ONNX Runtime[/red]")
+        raise typer.Exit(1)
+
+
 @app.command("targets")
 def targets_cmd():
     """List compilation targets and whether they can run here."""
@@ -191,6 +264,8 @@ def passes_cmd():
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=argv, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

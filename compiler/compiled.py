@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, SparsecError
+from .errors import BackendOutputError, InputError, SparsecError
 from .ir.graph import Value
-from .ir.types import TensorType
+from .ir.types import TensorType, dtype_of_array
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -35,6 +35,13 @@ class TensorSpec:
         return f"{self.name}: {self.dtype}[{shape}]"
 
 
+def _dtype_name(array: np.ndarray) -> str:
+    try:
+        return dtype_of_array(array)
+    except (ValueError, TypeError, KeyError):
+        return str(array.dtype)
+
+
 class CompiledModel:
     def __init__(self, runner, inputs: list[TensorSpec], outputs: list[TensorSpec], report: dict, manifest: dict):
         self._runner = runner
@@ -50,7 +57,9 @@ class CompiledModel:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run on named inputs; returns the outputs in the graph's output order."""
         arrays = self._check_feeds(feeds)
-        return self._runner.run(arrays)
+        outputs = self._runner.run(arrays)
+        self._check_outputs(arrays, outputs)
+        return outputs
 
     def __call__(self, *args, **feeds) -> list[np.ndarray]:
         if args:
@@ -60,6 +69,26 @@ class CompiledModel:
                 raise InputError(f"the model takes {len(self.inputs)} inputs, got {len(args)}")
             feeds = {**dict(zip((s.name for s in self.inputs), args)), **feeds}
         return self.run(feeds)
+
+    def _check_outputs(self, arrays: list[np.ndarray], outputs: list) -> None:
+        """Outputs must have the dtype and the dims the model's types promise (symbolic dims as the
+        inputs bound them): a converter that gets a shape or dtype wrong fails loudly here."""
+        bound = {d: a.shape[i] for spec, a in zip(self.inputs, arrays) if spec.shape
+                 for i, d in enumerate(spec.shape) if isinstance(d, str)}
+        for spec, out in zip(self.outputs, outputs):
+            if not isinstance(out, np.ndarray) or spec.dtype == "unknown":
+                continue
+            problem = None
+            if _dtype_name(out) != spec.dtype:
+                problem = f"dtype {_dtype_name(out)}, expected {spec.dtype}"
+            elif spec.shape is not None:
+                want = [bound.get(d, d) if isinstance(d, str) else d for d in spec.shape]
+                if out.ndim != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, out.shape)):
+                    problem = f"shape {list(out.shape)}, expected {spec}"
+            if problem:
+                raise BackendOutputError(
+                    f"the {self.report.get('backend', 'backend')} build returned output {spec.name!r} with {problem}; "
+                    "this is a backend conversion bug, refused rather than returned (please report it)")
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not isinstance(feeds, dict):
@@ -77,8 +106,8 @@ class CompiledModel:
             array = feeds[spec.name]
             if not isinstance(array, np.ndarray):
                 array = np.asarray(array)
-            if str(array.dtype) != spec.dtype:
-                raise InputError(f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
+            if _dtype_name(array) != spec.dtype:
+                raise InputError(f"input {spec.name!r} has dtype {_dtype_name(array)}, expected {spec.dtype}")
             if spec.shape is not None:
                 if array.ndim != len(spec.shape):
                     raise InputError(f"input {spec.name!r} has shape {list(array.shape)}, expected rank {len(spec.shape)} ({spec})")

@@ -13,6 +13,7 @@ from .analysis import fold_constants, infer_types, pin_dims
 from .compiled import FORMAT_VERSION, CompiledModel, TensorSpec
 from .errors import SparsecError
 from .frontend import load, to_onnx
+from .frontend.onnx_export import weight_bytes
 from .ir.graph import Graph
 from .ir.verifier import verify
 from .passmanager import PassContext, PassManager, resolve_passes
@@ -84,6 +85,7 @@ def compile(  # noqa: A001 - the public name the API promises
         "notes": pass_report["notes"],
         "details": pass_report["details"],
         "prepare": prep,
+        "weight_bytes": weight_bytes(graph),
         "compile_seconds": round(time.perf_counter() - start, 3),
         "source_sha256": source_hash,
     }

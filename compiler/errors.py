@@ -28,3 +28,8 @@ class InputError(SparsecError):
 
 class CompileError(SparsecError):
     """Compilation failed for a reason the user should know about (the message says which)."""
+
+
+class BackendOutputError(SparsecError):
+    """A backend returned an output whose dtype or shape contradicts the model's inferred types:
+    refused rather than handed back as a silently wrong answer."""

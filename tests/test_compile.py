@@ -158,3 +158,48 @@ def test_cuda_compiles_and_exports_without_a_gpu(tmp_path):
     else:  # a lent GPU: run it and compare
         x = np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)
         assert_matches_ort(compiled, mlp((32, 64, 16)), {"x": x})
+
+
+def _single_node_model(node, inputs, outputs, opset=17):
+    graph = helper.make_graph([node], "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_scalar_inputs_stay_scalar(rng):
+    model = _single_node_model(helper.make_node("Add", ["a", "b"], ["c"]),
+                               [helper.make_tensor_value_info("a", TensorProto.FLOAT, []),
+                                helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])],
+                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, [3])])
+    compiled = sparsec.compile(model)
+    feeds = {"a": np.array(2.0, np.float32), "b": rng.standard_normal(3).astype(np.float32)}
+    assert_matches_ort(compiled, model, feeds)
+
+
+def test_standard_attention_is_not_sent_to_tvms_contrib_converter():
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"])
+    spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 4, 8]) for n in "qkv"]
+    model = _single_node_model(node, spec, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 8])], opset=23)
+    with pytest.raises(UnsupportedOpError, match=r"Attention \(domain ai.onnx"):
+        sparsec.compile(model)
+
+
+def test_a_wrong_output_shape_from_a_converter_is_refused(rng):
+    # TVM 0.27's LayerNormalization converter returns Mean as a scalar instead of [rows, 1].
+    node = helper.make_node("LayerNormalization", ["x", "s", "b"], ["y", "mean"], axis=-1)
+    model = _single_node_model(
+        node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4]), helper.make_tensor_value_info("mean", TensorProto.FLOAT, [3, 1])])
+    model.graph.initializer.extend([numpy_helper.from_array(np.ones(4, np.float32), "s"),
+                                    numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    compiled = sparsec.compile(model)
+    with pytest.raises(sparsec.BackendOutputError, match="output 'mean' with shape"):
+        compiled.run({"x": rng.standard_normal((3, 4)).astype(np.float32)})
+
+
+def test_converter_failures_are_compile_errors_naming_the_node():
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum_over_runtime_axes")
+    model = _single_node_model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]),
+                                      helper.make_tensor_value_info("axes", TensorProto.INT64, [1])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 1])], opset=18)
+    with pytest.raises(sparsec.CompileError, match="ReduceSum \\(node 'sum_over_runtime_axes'"):
+        sparsec.compile(model)

@@ -11,6 +11,7 @@ from tvm import relax
 
 from ...errors import CompileError, SparsecError
 from ...ir.graph import Graph
+from . import kernels  # noqa: F401 - importing registers the lowerings of sparsec ops
 from .lower import lower_to_relax
 from .targets import get_target
 
@@ -68,7 +69,8 @@ class TVMRunner:
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         vm = self._machine()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(a), self._device) for a in arrays]
+        # np.require keeps 0-d arrays 0-d (np.ascontiguousarray makes them shape (1,))
+        args = [tvm.runtime.tensor(np.require(a, requirements="C"), self._device) for a in arrays]
         result = vm["main"](*args)
         return [np.asarray(x) for x in _flatten(result)]
 

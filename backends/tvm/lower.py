@@ -14,7 +14,7 @@ import onnx
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from ...errors import UnsupportedOpError
+from ...errors import CompileError, SparsecError, UnsupportedOpError
 from ...frontend.onnx_export import to_onnx
 from ...ir.graph import Graph, Node
 
@@ -23,6 +23,9 @@ Lowering = Callable[[relax.BlockBuilder, Node, list, dict], relax.Expr]
 _LOWERINGS: dict[tuple[str, str], Lowering] = {}
 # Non-standard-domain ops that TVM's converter table implements under the same name.
 _TVM_CONTRIB_DOMAINS = {"com.microsoft"}
+# Names TVM's table holds for the com.microsoft op although ai.onnx has a different op of that
+# name: TVM looks converters up by name alone, so the standard op must not reach them.
+_CONTRIB_NAMESAKES = {"Attention"}
 
 
 def register_lowering(domain: str, op_type: str):
@@ -44,7 +47,11 @@ def unsupported_ops(graph: Graph) -> list[tuple[str, str, str, int | None]]:
         if node.op_type == "If" and standard:
             continue
         converter = convert_map.get(node.op_type)
-        ok = converter is not None and (standard or (node.domain in _TVM_CONTRIB_DOMAINS and not onnx.defs.has(node.op_type)))
+        if standard:
+            ok = converter is not None and node.op_type not in _CONTRIB_NAMESAKES
+        else:
+            contrib_only = node.op_type in _CONTRIB_NAMESAKES or not onnx.defs.has(node.op_type)
+            ok = converter is not None and node.domain in _TVM_CONTRIB_DOMAINS and contrib_only
         if ok:
             try:
                 converter.get_converter(opset)
@@ -70,7 +77,15 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
         if node is not None and (node.domain, node.op_type) in _LOWERINGS:
             result = _LOWERINGS[(node.domain, node.op_type)](self.bb, node, list(inputs), attrs)
             return self.bb.normalize(result) if isinstance(result, relax.Expr) else result
-        return super()._convert_operator(op_name, inputs, attrs, opset)
+        try:
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+        except SparsecError:
+            raise
+        except Exception as err:  # TVM's converters raise bare Assertion/Value/TypeErrors
+            name = attrs.get("tvm_custom", {}).get("name", "?")
+            detail = str(err).strip().splitlines()
+            raise CompileError(f"TVM cannot convert {op_name} (node {name!r}, opset {opset}): "
+                               f"{detail[-1] if detail else type(err).__name__}") from err
 
 
 def lower_to_relax(graph: Graph, backend: str = "tvm"):

@@ -1,0 +1,1 @@
+"""TIR kernels for sparsec's own ops, each registering its Relax lowering on import."""

@@ -1,0 +1,70 @@
+"""Generated model families for `sparsec bench --family NAME --sweep PARAM=V1,V2,...`.
+
+A family builds an ONNX model from keyword parameters (``sparsec.models`` builders); a sweep runs
+every combination of the values given and plots the speed-up against the first swept parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import onnx
+
+from ..errors import SparsecError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    build: Callable[..., onnx.ModelProto]
+    params: dict  # parameter -> default (its type converts command-line values)
+    doc: str
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    if name not in _FAMILIES:
+        raise SparsecError(f"unknown model family {name!r}; available: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[name]
+
+
+def families() -> list[Family]:
+    return [_FAMILIES[k] for k in sorted(_FAMILIES)]
+
+
+def parse_sweep(family: Family, items: list[str]) -> dict[str, list]:
+    """``["experts=8,64", "tokens=1"]`` -> ``{"experts": [8, 64], "tokens": [1]}``, typed by the defaults."""
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise SparsecError(f"--sweep expects PARAM=V1,V2,..., got {item!r}")
+        if key not in family.params:
+            raise SparsecError(f"family {family.name!r} has no parameter {key!r}; it has: {', '.join(family.params)}")
+        kind = type(family.params[key])
+        try:
+            grid[key] = [kind(v.strip()) if kind is not bool else v.strip().lower() in ("1", "true", "yes")
+                         for v in values.split(",")]
+        except ValueError:
+            raise SparsecError(f"--sweep {key}: values must be {kind.__name__}, got {values!r}") from None
+    return grid
+
+
+def _mlp(hidden: int = 768, ffn: int = 3072, layers: int = 1, activation: str = "relu", batch: int = 32, seed: int = 0):
+    from ..models.mlp import mlp
+
+    sizes = [hidden] + [ffn, hidden] * layers
+    return mlp(tuple(sizes), activation=activation, batch=batch, seed=seed)
+
+
+register_family(Family("mlp", _mlp, {"hidden": 768, "ffn": 3072, "layers": 1, "activation": "relu", "batch": 32, "seed": 0},
+                       "dense MLP stack hidden -> ffn -> hidden (x layers), static batch rows"))

@@ -1,0 +1,71 @@
+"""Timing and memory: interleaved rounds, robust statistics, per-contender peak memory."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def interleaved_times(runs: dict[str, Callable[[], object]], repeat: int, on_round: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each function, in rounds (A B C, B C A, C A B, ...): interleaving makes
+    drift hit all alike, and rotating the order spreads the cost of running right after another
+    runtime (cold caches, a thread pool waking up) over all of them."""
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    keys = list(runs)
+    for round_index in range(repeat):
+        shift = round_index % max(len(keys), 1)
+        for key in keys[shift:] + keys[:shift]:
+            fn = runs[key]
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+        if on_round:
+            on_round()
+    return times
+
+
+def summarize(seconds: list[float]) -> dict:
+    """Milliseconds: median, min, max, quartiles, IQR and mean over the timed runs."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    q1, median, q3 = np.percentile(ms, [25, 50, 75])
+    return {"median": float(median), "min": float(ms.min()), "max": float(ms.max()), "q1": float(q1), "q3": float(q3),
+            "iqr": float(q3 - q1), "mean": float(ms.mean()), "runs": int(ms.size)}
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+class PeakMemory:
+    """Peak resident memory a block of work adds to the process (Linux: VmHWM, reset first).
+
+    Writing 5 to /proc/self/clear_refs resets the high-water mark, so each contender's prepare and
+    warm-up is measured on its own even though all live in one process. Where that is not
+    possible the result is None, never a guess.
+    """
+
+    def __enter__(self) -> "PeakMemory":
+        self.bytes: int | None = None
+        self._base = _status_bytes("VmRSS")
+        try:
+            _CLEAR_REFS.write_text("5")
+            self._reset = True
+        except OSError:
+            self._reset = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        peak = _status_bytes("VmHWM")
+        if self._reset and peak is not None and self._base is not None:
+            self.bytes = max(0, peak - self._base)
