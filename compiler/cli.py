@@ -29,6 +29,7 @@ TargetOpt = typer.Option("llvm", "--target", "-t", help="target name (see `spars
 PassesOpt = typer.Option("default", "--passes", "-p", help="'default', 'none', or comma-separated pass names")
 DimOpt = typer.Option(None, "--dim", help="pin a symbolic input dim, NAME=SIZE (repeatable)")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: all cores)")
+ShapeOpt = typer.Option(None, "--shape", help="pin an input's whole shape, NAME=D0,D1,... (repeatable)")
 
 
 def _parse_dims(items: list[str] | None) -> dict[str, int] | None:
@@ -41,20 +42,31 @@ def _parse_dims(items: list[str] | None) -> dict[str, int] | None:
     return dims or None
 
 
-def _compile(model: Path, target: str, passes: str, dims, threads):
+def _parse_shapes(items: list[str] | None) -> dict[str, list[int]] | None:
+    shapes = {}
+    for item in items or []:
+        match = re.fullmatch(r"([^=]+)=(\d+(?:,\d+)*)", item.strip())
+        if not match:
+            raise SparsecError(f"--shape expects NAME=D0,D1,..., got {item!r}")
+        shapes[match.group(1)] = [int(d) for d in match.group(2).split(",")]
+    return shapes or None
+
+
+def _compile(model: Path, target: str, passes: str, dims, threads, shapes=None):
     import sparsec
 
     with err_console.status(f"compiling {model.name} for {target} ..."):
-        return sparsec.compile(str(model), target=target, passes=passes, dims=_parse_dims(dims), num_threads=threads)
+        return sparsec.compile(str(model), target=target, passes=passes, dims=_parse_dims(dims),
+                               shapes=_parse_shapes(shapes), num_threads=threads)
 
 
 @app.command("compile")
 def compile_cmd(model: Path = typer.Argument(..., help="ONNX model file"),
                 output: Path = typer.Option(..., "-o", "--output", help="folder for the compiled model"),
                 target: str = TargetOpt, passes: str = PassesOpt, dim: Optional[list[str]] = DimOpt,
-                threads: Optional[int] = ThreadsOpt):
+                shape: Optional[list[str]] = ShapeOpt, threads: Optional[int] = ThreadsOpt):
     """Compile MODEL and write the library and manifest to a folder."""
-    compiled = _compile(model, target, passes, dim, threads)
+    compiled = _compile(model, target, passes, dim, threads, shape)
     compiled.export(output)
     rewrites = ", ".join(f"{k}={v}" for k, v in compiled.report["rewrites"].items()) or "none"
     console.print(f"compiled {model} for {target} in {compiled.report['compile_seconds']:.1f} s -> {output}")
@@ -66,14 +78,14 @@ def run_cmd(model: Path = typer.Argument(..., help="compiled folder, or an ONNX 
             input: Optional[list[str]] = typer.Option(None, "--input", "-i", help="NAME=FILE.npy (repeatable)"),
             output: Path = typer.Option(..., "-o", "--output", help="folder for <output>.npy files"),
             target: str = TargetOpt, passes: str = PassesOpt, dim: Optional[list[str]] = DimOpt,
-            threads: Optional[int] = ThreadsOpt):
+            shape: Optional[list[str]] = ShapeOpt, threads: Optional[int] = ThreadsOpt):
     """Run a compiled model (or an ONNX file) on inputs given as .npy files."""
     import sparsec
 
     if model.is_dir():
         compiled = sparsec.load_compiled(model)
     elif model.exists():
-        compiled = _compile(model, target, passes, dim, threads)
+        compiled = _compile(model, target, passes, dim, threads, shape)
     else:
         raise SparsecError(f"{model} does not exist")
     feeds = {}
@@ -175,6 +187,7 @@ def bench_cmd(models: Optional[list[Path]] = typer.Argument(None, help="ONNX mod
               passes: str = PassesOpt, threads: Optional[int] = ThreadsOpt,
               batch: Optional[str] = typer.Option(None, "--batch", help="comma-separated sizes for the leading symbolic dim"),
               dim: Optional[list[str]] = DimOpt,
+              shape: Optional[list[str]] = ShapeOpt,
               inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz with one array per model input"),
               repeat: int = typer.Option(20, "--repeat", help="timed runs per backend (interleaved)"),
               warmup: int = typer.Option(3, "--warmup", help="untimed runs per backend first"),
@@ -218,7 +231,7 @@ def bench_cmd(models: Optional[list[Path]] = typer.Argument(None, help="ONNX mod
                   transient=True) as bar:
         task = bar.add_task("benchmarking", total=None)
         result = bench(cases, backends=_split([backends]), targets=_split([targets]), passes=passes, threads=threads,
-                       batch=sizes, dims=_parse_dims(dim), inputs=inputs, repeat=repeat, warmup=warmup, rtol=rtol,
+                       batch=sizes, dims=_parse_dims(dim), shapes=_parse_shapes(shape), inputs=inputs, repeat=repeat, warmup=warmup, rtol=rtol,
                        atol=atol, seed=seed, command=command,
                        progress=lambda text, done, total: bar.update(task, description=text, completed=done, total=total))
     # A pipe or file gets the whole table, not one folded to 80 columns.

@@ -39,6 +39,7 @@ class Prepared:
 class Settings:
     threads: int
     dims: dict | None  # symbolic dims pinned for this case (compiled contenders need them)
+    shapes: dict | None = None  # whole input shapes pinned (for unnamed dims)
 
 
 class Contender:
@@ -105,7 +106,7 @@ class SparsecContender(Contender):
         if not ok:
             raise Skipped(why)
         compiled = sparsec_compile(str(model), target=self.target, passes=self.pass_spec, dims=settings.dims,
-                                   num_threads=settings.threads)
+                                   shapes=settings.shapes, num_threads=settings.threads)
         return Prepared(run=compiled.run, compile_seconds=compiled.report["compile_seconds"],
                         weight_bytes=compiled.report["weight_bytes"], passes=compiled.report["passes"],
                         rewrites=compiled.report["rewrites"])

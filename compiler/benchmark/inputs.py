@@ -26,7 +26,7 @@ def batch_dims(graph: Graph, batch: int | None) -> dict[str, int]:
     return dims
 
 
-def generate(graph: Graph, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+def generate(graph: Graph, dims: dict[str, int], seed: int = 0, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
     """Seeded inputs: floats ~ N(0, 1); indices into a constant Gather table in range; names with
     'mask' all ones; other integers in [0, 4); bools random. Every symbolic dim must be pinned."""
     rng = np.random.default_rng(seed)
@@ -35,11 +35,15 @@ def generate(graph: Graph, dims: dict[str, int], seed: int = 0) -> dict[str, np.
         t = value.type
         if not isinstance(t, TensorType) or t.shape is None or t.dtype is None:
             raise SparsecError(f"input {value.name!r} has no known shape; give inputs with --inputs FILE.npz")
+        if shapes and value.name in shapes:
+            feeds[value.name] = _values(graph, value, t.dtype, list(shapes[value.name]), rng)
+            continue
         shape = []
         for d in t.shape:
             size = dims.get(d, d) if isinstance(d, str) else d
             if not isinstance(size, int):
-                raise SparsecError(f"input {value.name!r} has unpinned dim {d!r}: give --batch N or --dim {d or 'NAME'}=N")
+                raise SparsecError(f"input {value.name!r} has unpinned dim {d!r}: give --batch N, --dim {d}=N or --shape {value.name}=D0,D1,..." if d else
+                                   f"input {value.name!r} has an unnamed unknown dim: give --shape {value.name}=D0,D1,...")
             shape.append(size)
         feeds[value.name] = _values(graph, value, t.dtype, shape, rng)
     return feeds
