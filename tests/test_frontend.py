@@ -118,3 +118,17 @@ def test_old_opset_is_upgraded(rng):
     assert graph.opset("") == 13
     x = rng.standard_normal((2, 4)).astype(np.float32)
     np.testing.assert_allclose(ort.run(model, {"x": x})[0], ort.run(sparsec.to_onnx(graph), {"x": x})[0], rtol=1e-6)
+
+
+def test_outputs_without_a_shape_field_load_as_onnx_runtime_loads_them(rng):
+    from onnx import TensorProto, helper
+
+    from conftest import assert_matches_ort
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = sparsec.compile(model)
+    assert compiled.outputs[0].shape == [2, 3]  # inferred
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((2, 3)).astype(np.float32)})

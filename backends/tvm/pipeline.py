@@ -8,7 +8,7 @@ from tvm import relax, s_tir, topi
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 
-from .schedules.cpu import LAYOUT_REWRITE, CPUFallback, CPUMatmul
+from .schedules.cpu import LAYOUT_REWRITE, CPUConv, CPUFallback, CPUMatmul
 
 
 # relax op -> its fast float32 version (TE). TVM's own FastMathTransform does the same but
@@ -87,7 +87,7 @@ def split_layout_rewrites() -> tvm.transform.Pass:
 def cpu_schedule_pass():
     # Row-wise reduction chains (softmax, layer norm) go to dlight's CPU Reduction rule: one
     # parallel loop over rows with every block computed at it, instead of a pass per block.
-    return dlight.ApplyDefaultSchedule(CPUMatmul(), _Guarded(dlight.cpu.Reduction()), CPUFallback())
+    return dlight.ApplyDefaultSchedule(CPUMatmul(), CPUConv(), _Guarded(dlight.cpu.Reduction()), CPUFallback())
 
 
 class _Guarded(dlight.ScheduleRule):

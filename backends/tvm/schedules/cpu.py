@@ -223,6 +223,61 @@ def _vector_matrix(func, target: Target):
     return sch
 
 
+class CPUConv(ScheduleRule):
+    """2-D convolution (NCHW, grouped and depthwise included): out[n, f, y, x] summed over
+    (c, ky, kx). Tiles FR output channels x one vector of output columns in registers, with the
+    reduction loops outside the tile; parallel over (n, channel tiles, rows); epilogue fused."""
+
+    def is_target_available(self, target: Target) -> bool:
+        return _is_cpu(target)
+
+    def apply(self, func, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+        if not reductions or len(reductions) != 1:
+            return None
+        main = reductions[0]
+        stmt = sch.get(main)
+        kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
+        loops = sch.get_loops(main)
+        if kinds != "SSSSRRR" or len(loops) != 7 or len(stmt.writes[0].source.shape) != 4:
+            return None
+        n, f, y, x, rc, ry, rx = loops
+        f_extent, x_extent = _static(sch.get(f).extent), _static(sch.get(x).extent)
+        if f_extent is None or x_extent is None:
+            return None
+        lanes = _lanes(target)
+        # Producers with padding stay materialised: inlined, the tile's loads would be guarded.
+        padded = [b for b in sch.get_producers(main) if "if_then_else" in str(sch.get(b).body)]
+        for block in sch.get_producers(main):
+            if not any(sch.get(block).same_as(sch.get(p)) for p in padded):
+                _try(sch.compute_inline, block)
+        fr = next((c for c in (8, 4, 2) if f_extent % c == 0), 1)
+        xv = lanes if x_extent >= lanes else x_extent
+        fo, fi = sch.split(f, [None, fr])
+        xo, xi = sch.split(x, [None, xv])
+        sch.reorder(n, fo, y, xo, rc, ry, rx, fi, xi)
+        tile = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(tile, xo)
+        _fuse_epilogue(sch, tile, xo)
+        sch.parallel(sch.fuse(n, fo, y))
+        sch.unroll(fi)
+        _try(sch.vectorize, xi)
+        init = sch.decompose_reduction(main, rc)
+        _try(sch.vectorize, sch.get_loops(init)[-1])
+        write_loops = sch.get_loops(tile)
+        if len(write_loops) >= 2:
+            _try(sch.vectorize, write_loops[-1])
+        for block in padded:
+            pad_loops = sch.get_loops(block)
+            if len(pad_loops) >= 2:
+                sch.parallel(sch.fuse(*pad_loops[:-1]))
+        _schedule_remaining(sch, target, skip=_scheduled_names(sch, main) | {sch.get(b).name_hint for b in padded})
+        return sch
+
+
 class CPUFallback(ScheduleRule):
     def is_target_available(self, target: Target) -> bool:
         return _is_cpu(target)

