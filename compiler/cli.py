@@ -136,9 +136,11 @@ def inspect_cmd(model: Path = typer.Argument(..., help="ONNX model file"),
         ops.add_row(op, str(count))
     console.print(ops)
     if info["weights"]:
-        weights = Table("weight", "op", "shape", "dtype", "sparsity", title="weights feeding MatMul/Gemm/Conv")
+        weights = Table("weight", "op", "shape", "dtype", "sparsity", "structure", "blocks that hold (out x in)", "N:M",
+                        title="weights feeding MatMul/Gemm/Conv")
         for w in info["weights"]:
-            weights.add_row(w["name"], w["op"], "x".join(map(str, w["shape"])), w["dtype"], f"{100 * w['sparsity']:.1f}%")
+            weights.add_row(w["name"], w["op"], "x".join(map(str, w["shape"])), w["dtype"], f"{100 * w['sparsity']:.1f}%",
+                            w["structure"], ", ".join(w["blocks"]) or "-", ", ".join(w["nm"]) or "-")
         console.print(weights)
     if not info["pass_candidates"]:
         console.print("passes: none registered yet, so no rewrite can fire")

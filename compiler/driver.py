@@ -57,12 +57,14 @@ def compile(  # noqa: A001 - the public name the API promises
     shapes: dict[str, list[int]] | None = None,
     num_threads: int | None = None,
     backend: str = "tvm",
+    pass_options: dict[str, dict] | None = None,
     **target_options,
 ) -> CompiledModel:
     """Compile an ONNX model (path, ModelProto or Graph) for ``target``.
 
     ``passes``: ``"default"`` (every exact pass), ``[]`` (plain TVM), or pass names.
     ``dims`` / ``shapes`` pin symbolic input dims; ``num_threads`` sizes the thread pool;
+    ``pass_options`` maps a pass name to its options (e.g. ``{"sparse-weights": {"policy": "always"}}``);
     other keywords are target options (``mcpu``, ``arch``; see ``sparsec targets``).
     """
     from sparsec.backends import get_backend
@@ -72,7 +74,8 @@ def compile(  # noqa: A001 - the public name the API promises
     prep = prepare(graph, dims=dims, shapes=shapes)
     pass_list = resolve_passes(passes)
     options = dict(target_options, num_threads=num_threads)
-    pass_report = PassManager(pass_list).run(graph, PassContext(target=target, options=options))
+    pass_report = PassManager(pass_list).run(graph, PassContext(target=target, options=options,
+                                                                         pass_options=dict(pass_options or {})))
     runner = get_backend(backend).build(graph, target, options)
     inputs = [TensorSpec.of(v) for v in graph.inputs if v.const is None]
     outputs = [TensorSpec.of(v) for v in graph.outputs]

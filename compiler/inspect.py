@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 
+from .analysis.sparsity import analyze, out_in_weight
 from .ir.graph import Graph
 
 WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "MatMulInteger", "QLinearMatMul"}
@@ -23,8 +24,15 @@ def weight_stats(graph: Graph) -> list[dict]:
             seen.add(id(value))
             array = value.const
             nonzero = int(np.count_nonzero(array)) if array.dtype.kind in "fiub" else array.size
-            rows.append({"name": value.name, "op": node.op_type, "node": node.name, "shape": list(array.shape),
-                         "dtype": str(array.dtype), "sparsity": round(1.0 - nonzero / max(array.size, 1), 4)})
+            row = {"name": value.name, "op": node.op_type, "node": node.name, "shape": list(array.shape),
+                   "dtype": str(array.dtype), "sparsity": round(1.0 - nonzero / max(array.size, 1), 4),
+                   "structure": "dense" if nonzero == array.size else "unstructured", "blocks": [], "nm": []}
+            out_in = out_in_weight(node.op_type, array, {"transB": node.attr("transB", 0)}) if array.dtype.kind == "f" else None
+            if out_in is not None and nonzero < array.size:
+                info = analyze(out_in)
+                row.update(structure=info.structure, blocks=[f"{r}x{c}" for r, c in info.blocks],
+                           nm=[f"{n}:{m}" for n, m in info.nm])
+            rows.append(row)
     return rows
 
 

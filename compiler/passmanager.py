@@ -30,6 +30,10 @@ class PassContext:
 
     target: str = "llvm"
     options: dict = field(default_factory=dict)
+    pass_options: dict = field(default_factory=dict)  # pass name -> its options
+
+    def options_of(self, pass_name: str) -> dict:
+        return dict(self.pass_options.get(pass_name, {}))
 
 
 class Pass:

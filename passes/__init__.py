@@ -1,5 +1,7 @@
 """sparsec's rewrite passes (sparsity and routing). Importing this package registers them.
 
-None exist yet: the sparsity (``sparse-weights``, ``prune``) and routing (``moe-dispatch``,
-``relu-skip``) passes land with their issues, each as its own module registered here.
+Sparsity: ``sparse-weights`` (exact, default). Routing (``moe-dispatch``, ``relu-skip``) and
+``prune`` land with their issues, each as its own module registered here.
 """
+
+from . import sparse_weights  # noqa: E402,F401

@@ -80,6 +80,6 @@ def test_targets_and_passes_and_example(capsys):
     code, out, _ = cli(capsys, "targets")
     assert code == 0 and all(t in out for t in ("llvm", "cuda", "opencl"))
     code, out, _ = cli(capsys, "passes")
-    assert code == 0
+    assert code == 0 and "sparse-weights" in out
     code, out, _ = cli(capsys, "example", "--batch", "3")
     assert code == 0 and "outputs match" in out

@@ -54,6 +54,19 @@ def host_cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def host_cpu_model() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def host_vector_lanes() -> int:
     """float32 lanes of the widest vector unit the OS lets us use."""
     flags = host_cpu_flags()

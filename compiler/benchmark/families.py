@@ -68,3 +68,19 @@ def _mlp(hidden: int = 768, ffn: int = 3072, layers: int = 1, activation: str = 
 
 register_family(Family("mlp", _mlp, {"hidden": 768, "ffn": 3072, "layers": 1, "activation": "relu", "batch": 32, "seed": 0},
                        "dense MLP stack hidden -> ffn -> hidden (x layers), static batch rows"))
+
+
+def _pruned_ffn(hidden: int = 768, ffn: int = 3072, layers: int = 1, sparsity: float = 0.9, block: str = "16x1",
+                tokens: int = 32, seed: int = 0):
+    from ..models.pruned import pruned_ffn
+
+    if ":" in block:
+        n, m = (int(v) for v in block.split(":"))
+        return pruned_ffn(hidden, ffn, layers=layers, sparsity=sparsity, nm=(n, m), tokens=tokens, seed=seed)
+    r, c = (int(v) for v in block.lower().split("x"))
+    return pruned_ffn(hidden, ffn, layers=layers, sparsity=sparsity, block=(r, c), tokens=tokens, seed=seed)
+
+
+register_family(Family("pruned-ffn", _pruned_ffn,
+                       {"hidden": 768, "ffn": 3072, "layers": 1, "sparsity": 0.9, "block": "16x1", "tokens": 32, "seed": 0},
+                       "FFN stack (MatMul, ReLU, MatMul) with magnitude-pruned weights: block RxC (outputs x inputs) or N:M"))

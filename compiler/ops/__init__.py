@@ -38,3 +38,7 @@ def get_op(domain: str, name: str) -> OpDef | None:
 
 def registered_ops() -> list[tuple[str, str]]:
     return sorted(_OPS)
+
+
+# Importing the op modules registers them.
+from . import sparse  # noqa: E402,F401

@@ -1,1 +1,3 @@
 """TIR kernels for sparsec's own ops, each registering its Relax lowering on import."""
+
+from . import sparse  # noqa: F401

@@ -1,0 +1,100 @@
+"""The cost model of ``sparse-weights``: measured on this host, cached, never guessed.
+
+For a layer shape (rows M, inputs K, outputs N), block shape and thread count, it times the dense
+TVM MatMul and the block-sparse kernel *with every block present* (same code path, no skipped
+work), side by side. The sparse kernel's time scales with the fraction of blocks kept, so the
+predicted speed-up at block density d is ``dense / (d * sparse_full)``; the rewrite is taken only
+when that is above ``1 + margin``. Results are cached in ``$SPARSEC_CACHE_DIR`` (default
+``~/.cache/sparsec``), keyed by CPU model, vector width, threads, shape and block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sparsec.benchmark.measure import interleaved_times
+from sparsec.ir.graph import Graph
+from sparsec.ir.types import TensorType
+
+ROW_BUCKETS = (1, 8, 32, 128, 512)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPARSEC_CACHE_DIR") or Path.home() / ".cache" / "sparsec")
+
+
+def row_bucket(rows: int | None) -> int:
+    """Calibrate at a few row counts only: the smallest bucket at or above ``rows`` (32 if unknown)."""
+    if rows is None:
+        return 32
+    return next((b for b in ROW_BUCKETS if rows <= b), ROW_BUCKETS[-1])
+
+
+class SparseCostModel:
+    def __init__(self, threads: int | None):
+        from sparsec.backends.tvm.targets import host_cpu_model, host_vector_lanes
+
+        self.threads = threads or os.cpu_count() or 1
+        self.host = f"{host_cpu_model()}|lanes{host_vector_lanes()}|t{self.threads}"
+        self.path = cache_dir() / "sparse_cost.json"
+        try:
+            self.cache = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.cache = {}
+
+    def times(self, rows: int, k: int, n: int, block: tuple[int, int]) -> tuple[float, float]:
+        """(dense ms, sparse-with-all-blocks ms) at ``rows`` rows, measured once per host."""
+        key = f"{self.host}|m{rows}|k{k}|n{n}|b{block[0]}x{block[1]}"
+        if key not in self.cache:
+            self.cache[key] = _measure(rows, k, n, block, self.threads)
+            self._save()
+        entry = self.cache[key]
+        return entry["dense_ms"], entry["sparse_full_ms"]
+
+    def predicted_speedup(self, rows: int, k: int, n: int, block: tuple[int, int], density: float) -> float:
+        dense, sparse_full = self.times(rows, k, n, block)
+        return dense / max(density * sparse_full, 1e-9)
+
+    def _save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.cache, indent=1, sort_keys=True))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # a read-only home still compiles; it just measures again next time
+
+
+def _measure(rows: int, k: int, n: int, block: tuple[int, int], threads: int) -> dict:
+    from sparsec.driver import compile as sparsec_compile
+    from sparsec.ops.sparse import to_bsr
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((n, k)).astype(np.float32)  # [out, in], every block present
+    dense = Graph("calibrate_dense")
+    x = dense.add_input("x", TensorType("float32", (rows, k)))
+    w = dense.add_constant(np.ascontiguousarray(weight.T), "w")
+    dense.outputs.append(dense.add_node("MatMul", [x, w]).outputs[0])
+    sparse = Graph("calibrate_sparse")
+    xs = sparse.add_input("x", TensorType("float32", (rows, k)))
+    data, indices, indptr = to_bsr(weight, block)
+    consts = [sparse.add_constant(a, name) for a, name in ((data, "data"), (indices, "indices"), (indptr, "indptr"))]
+    node = sparse.add_node("BlockSparseMatMul", [xs, *consts], {"block": list(block), "shape": [n, k]}, domain="sparsec")
+    sparse.outputs.append(node.outputs[0])
+    for g in (dense, sparse):
+        g.opset_imports.update({"": 17, "sparsec": 1})
+    runs = {name: sparsec_compile(g, passes=[], num_threads=threads) for name, g in (("dense", dense), ("sparse", sparse))}
+    feeds = {"x": rng.standard_normal((rows, k)).astype(np.float32)}
+    budget = time.perf_counter()
+    for compiled in runs.values():  # warm up
+        compiled.run(feeds)
+    single = (time.perf_counter() - budget) / 2
+    repeat = int(min(50, max(5, 0.3 / max(single, 1e-6))))
+    times = interleaved_times({name: (lambda c=c: c.run(feeds)) for name, c in runs.items()}, repeat)
+    return {"dense_ms": float(np.median(times["dense"]) * 1e3), "sparse_full_ms": float(np.median(times["sparse"]) * 1e3),
+            "repeat": repeat}

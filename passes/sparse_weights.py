@@ -1,0 +1,140 @@
+"""``sparse-weights``: MatMuls whose constant weight is block-sparse run as BSR kernels.
+
+Exact: the kernel multiplies by exactly the stored non-zero blocks and skips only all-zero blocks
+(sums may be reordered, as in any GEMM). A weight is rewritten only when (1) it is 2-D
+and feeds a MatMul as its right operand, (2) a block shape the kernel vectorises holds for it
+(R outputs x C inputs with R a multiple of 4), and (3) the host-measured cost model predicts a
+speed-up at its block density. Everything declined gets a note saying why; a model with no
+sparse weights is left exactly as it was.
+
+Options (``pass_options={"sparse-weights": {...}}``): ``policy`` = ``"auto"`` (cost model,
+default), ``"always"`` (every weight with a usable block shape, for testing), ``"never"``;
+``min_speedup`` (default 1.1). The kernel needs static activation rows (pin the model's dims).
+"""
+
+from __future__ import annotations
+
+from sparsec.analysis.sparsity import analyze
+from sparsec.ir.graph import Graph, Node
+from sparsec.ir.types import TensorType
+from sparsec.ops import DOMAIN
+from sparsec.ops.sparse import to_bsr
+from sparsec.passmanager import Pass, PassContext, PassResult, register_pass
+
+from .sparse_cost import SparseCostModel, row_bucket
+
+# Block shapes the kernel runs well, best first: R (outputs) is the vector axis.
+KERNEL_BLOCKS = ((32, 1), (16, 1), (8, 1), (4, 4))
+MIN_SPARSITY = 0.3  # below this no block kernel beats dense; skip the calibration cost
+
+
+@register_pass
+class SparseWeights(Pass):
+    name = "sparse-weights"
+    description = "block-sparse constant MatMul weights run as BSR kernels when measured faster (exact)"
+    exact = True
+    default = True
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        options = ctx.options_of(self.name)
+        policy = options.get("policy", "auto")
+        result = PassResult()
+        if policy == "never":
+            return result
+        cost = None
+        for node in list(graph.walk()):
+            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+                continue
+            weight = node.input(1)
+            if weight is None or weight.const is None or weight.const.ndim != 2 or weight.const.dtype.name != "float32":
+                continue
+            out_in = weight.const.T
+            info = analyze(out_in)
+            if info.sparsity < MIN_SPARSITY:
+                if info.sparsity > 0:
+                    result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse, too dense for a sparse kernel to pay")
+                continue
+            block = next((b for b in KERNEL_BLOCKS if b in info.blocks), None)
+            if block is None:
+                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse but {info.structure}: no block shape "
+                                    f"the BSR kernel vectorises ({', '.join(f'{r}x{c}' for r, c in KERNEL_BLOCKS)}) holds")
+                continue
+            rows = _rows(node)
+            if rows is None:
+                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks, kept dense: "
+                                    "its row count is symbolic; pin the model's dims (dims= / --dim) to use the BSR kernel")
+                continue
+            density = 1.0 - info.sparsity
+            detail = {"node": node.name, "weight": weight.name, "shape": list(out_in.shape), "block": f"{block[0]}x{block[1]}",
+                      "sparsity": round(info.sparsity, 4)}
+            if policy == "auto":
+                cost = cost or SparseCostModel(ctx.options.get("num_threads"))
+                bucket = row_bucket(rows)
+                speedup = cost.predicted_speedup(bucket, out_in.shape[1], out_in.shape[0], block, density)
+                detail.update(rows=bucket, predicted_speedup=round(speedup, 2))
+                if speedup < float(options.get("min_speedup", 1.1)):
+                    result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks, kept dense: "
+                                        f"the measured cost model predicts {speedup:.2f}x at {bucket} rows")
+                    result.details.setdefault("declined", []).append(detail)
+                    continue
+            _rewrite(graph, node, out_in, block)
+            result.rewrites[f"{self.name}.bsr"] += 1
+            result.details.setdefault("rewritten", []).append(detail)
+        return result
+
+
+def _rows(node: Node) -> int | None:
+    """Activation rows of the MatMul (the product of x's leading dims) when static."""
+    x = node.input(0).type
+    if isinstance(x, TensorType) and x.shape is not None and all(isinstance(d, int) for d in x.shape[:-1]):
+        rows = 1
+        for d in x.shape[:-1]:
+            rows *= d
+        return rows
+    return None
+
+
+def _sole_consumer(value, op_type: str) -> Node | None:
+    users = value.consumers()
+    if len(users) == 1 and not value.is_graph_output and users[0].op_type == op_type and users[0].domain in ("", "ai.onnx"):
+        return users[0]
+    return None
+
+
+def _epilogue(node: Node, n: int) -> tuple[list[Node], object, str]:
+    """The bias Add (a constant [N]) and ReLU that follow the MatMul alone: folded into the kernel's
+    write-back, so the output is written once. Returns (absorbed nodes, bias value, activation)."""
+    absorbed, bias, activation, out = [], None, "none", node.outputs[0]
+    add = _sole_consumer(out, "Add")
+    if add is not None:
+        other = add.input(1) if add.input(0) is out else add.input(0)
+        if other is not None and other.const is not None and other.const.dtype.name == "float32" and other.const.size == n \
+                and other.const.shape[-1:] == (n,):
+            absorbed.append(add)
+            bias, out = other, add.outputs[0]
+    relu = _sole_consumer(out, "Relu")
+    if relu is not None:
+        absorbed.append(relu)
+        activation = "relu"
+    return absorbed, bias, activation
+
+
+def _rewrite(graph: Graph, node: Node, out_in, block: tuple[int, int]) -> None:
+    data, indices, indptr = to_bsr(out_in, block)
+    g = node.graph
+    n = int(out_in.shape[0])
+    absorbed, bias, activation = _epilogue(node, n)
+    consts = [g.add_constant(array, f"{node.input(1).name}_bsr_{part}")
+              for array, part in ((data, "data"), (indices, "indices"), (indptr, "indptr"))]
+    if bias is not None:
+        consts.append(g.add_constant(bias.const.reshape(n), f"{bias.name}_bias"))
+    sparse = g.add_node("BlockSparseMatMul", [node.input(0), *consts],
+                        {"block": list(block), "shape": [n, int(out_in.shape[1])], "activation": activation},
+                        domain=DOMAIN, name=node.name + "_bsr", before=node)
+    last = absorbed[-1] if absorbed else node
+    sparse.outputs[0].type = last.outputs[0].type
+    last.outputs[0].replace_all_uses_with(sparse.outputs[0])
+    for dead in reversed([node, *absorbed]):
+        g.remove_node(dead)
+    g.remove_unused_constants()
+    g.root.opset_imports.setdefault(DOMAIN, 1)
