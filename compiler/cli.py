@@ -30,6 +30,8 @@ PassesOpt = typer.Option("default", "--passes", "-p", help="'default', 'none', o
 DimOpt = typer.Option(None, "--dim", help="pin a symbolic input dim, NAME=SIZE (repeatable)")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: all cores)")
 ShapeOpt = typer.Option(None, "--shape", help="pin an input's whole shape, NAME=D0,D1,... (repeatable)")
+PassOptionOpt = typer.Option(None, "--pass-option", "-O", help="a pass's option, PASS.KEY=VALUE (repeatable), "
+                             "e.g. prune.sparsity=0.9 prune.block=16x1")
 
 
 def _parse_dims(items: list[str] | None) -> dict[str, int] | None:
@@ -52,25 +54,49 @@ def _parse_shapes(items: list[str] | None) -> dict[str, list[int]] | None:
     return shapes or None
 
 
-def _compile(model: Path, target: str, passes: str, dims, threads, shapes=None):
+def _parse_pass_options(items: list[str] | None) -> dict[str, dict]:
+    options: dict[str, dict] = {}
+    for item in items or []:
+        match = re.fullmatch(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_]+)=(.*)", item.strip())
+        if not match:
+            raise SparsecError(f"--pass-option expects PASS.KEY=VALUE, got {item!r}")
+        name, key, text = match.groups()
+        value: object = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        options.setdefault(name, {})[key] = value
+    return options
+
+
+def _compile(model: Path, target: str, passes: str, dims, threads, shapes=None, pass_options=None):
     import sparsec
 
     with err_console.status(f"compiling {model.name} for {target} ..."):
         return sparsec.compile(str(model), target=target, passes=passes, dims=_parse_dims(dims),
-                               shapes=_parse_shapes(shapes), num_threads=threads)
+                               shapes=_parse_shapes(shapes), num_threads=threads,
+                               pass_options=_parse_pass_options(pass_options))
 
 
 @app.command("compile")
 def compile_cmd(model: Path = typer.Argument(..., help="ONNX model file"),
                 output: Path = typer.Option(..., "-o", "--output", help="folder for the compiled model"),
                 target: str = TargetOpt, passes: str = PassesOpt, dim: Optional[list[str]] = DimOpt,
-                shape: Optional[list[str]] = ShapeOpt, threads: Optional[int] = ThreadsOpt):
+                shape: Optional[list[str]] = ShapeOpt, threads: Optional[int] = ThreadsOpt,
+                pass_option: Optional[list[str]] = PassOptionOpt):
     """Compile MODEL and write the library and manifest to a folder."""
-    compiled = _compile(model, target, passes, dim, threads, shape)
+    compiled = _compile(model, target, passes, dim, threads, shape, pass_option)
     compiled.export(output)
     rewrites = ", ".join(f"{k}={v}" for k, v in compiled.report["rewrites"].items()) or "none"
     console.print(f"compiled {model} for {target} in {compiled.report['compile_seconds']:.1f} s -> {output}")
     console.print(f"passes: {', '.join(compiled.report['passes']) or 'none'}; rewrites: {rewrites}")
+    error = compiled.report["details"].get("prune", {}).get("error")
+    if error:
+        console.print(f"prune changed the outputs: max abs error {error['max_abs']:.3g} "
+                      f"(relative {error['relative']:.3g}) on {error['inputs']}")
 
 
 @app.command("run")
@@ -189,7 +215,7 @@ def bench_cmd(models: Optional[list[Path]] = typer.Argument(None, help="ONNX mod
               passes: str = PassesOpt, threads: Optional[int] = ThreadsOpt,
               batch: Optional[str] = typer.Option(None, "--batch", help="comma-separated sizes for the leading symbolic dim"),
               dim: Optional[list[str]] = DimOpt,
-              shape: Optional[list[str]] = ShapeOpt,
+              shape: Optional[list[str]] = ShapeOpt, pass_option: Optional[list[str]] = PassOptionOpt,
               inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz with one array per model input"),
               repeat: int = typer.Option(20, "--repeat", help="timed runs per backend (interleaved)"),
               warmup: int = typer.Option(3, "--warmup", help="untimed runs per backend first"),
@@ -233,7 +259,7 @@ def bench_cmd(models: Optional[list[Path]] = typer.Argument(None, help="ONNX mod
                   transient=True) as bar:
         task = bar.add_task("benchmarking", total=None)
         result = bench(cases, backends=_split([backends]), targets=_split([targets]), passes=passes, threads=threads,
-                       batch=sizes, dims=_parse_dims(dim), shapes=_parse_shapes(shape), inputs=inputs, repeat=repeat, warmup=warmup, rtol=rtol,
+                       batch=sizes, dims=_parse_dims(dim), shapes=_parse_shapes(shape), pass_options=_parse_pass_options(pass_option), inputs=inputs, repeat=repeat, warmup=warmup, rtol=rtol,
                        atol=atol, seed=seed, command=command,
                        progress=lambda text, done, total: bar.update(task, description=text, completed=done, total=total))
     # A pipe or file gets the whole table, not one folded to 80 columns.

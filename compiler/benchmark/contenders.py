@@ -40,6 +40,7 @@ class Settings:
     threads: int
     dims: dict | None  # symbolic dims pinned for this case (compiled contenders need them)
     shapes: dict | None = None  # whole input shapes pinned (for unnamed dims)
+    pass_options: dict | None = None  # pass name -> options, for every sparsec contender
 
 
 class Contender:
@@ -106,7 +107,8 @@ class SparsecContender(Contender):
         if not ok:
             raise Skipped(why)
         compiled = sparsec_compile(str(model), target=self.target, passes=self.pass_spec, dims=settings.dims,
-                                   shapes=settings.shapes, num_threads=settings.threads)
+                                   shapes=settings.shapes, num_threads=settings.threads,
+                                   pass_options=settings.pass_options)
         return Prepared(run=compiled.run, compile_seconds=compiled.report["compile_seconds"],
                         weight_bytes=compiled.report["weight_bytes"], passes=compiled.report["passes"],
                         rewrites=compiled.report["rewrites"])
