@@ -35,6 +35,20 @@ class SparseWeights(Pass):
     exact = True
     default = True
 
+    @staticmethod
+    def candidates(graph: Graph) -> list[str]:
+        """What ``sparsec inspect`` lists: MatMul weights with a block shape the kernel runs."""
+        found = []
+        for node in graph.walk():
+            weight = node.input(1) if node.op_type == "MatMul" else None
+            if weight is None or weight.const is None or weight.const.ndim != 2 or weight.const.dtype.name != "float32":
+                continue
+            info = analyze(weight.const.T)
+            block = next((b for b in KERNEL_BLOCKS if b in info.blocks), None)
+            if block and info.sparsity >= MIN_SPARSITY:
+                found.append(f"{node.name}: {weight.name} {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks")
+        return found
+
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         options = ctx.options_of(self.name)
         policy = options.get("policy", "auto")
