@@ -168,8 +168,6 @@ def inspect_cmd(model: Path = typer.Argument(..., help="ONNX model file"),
             weights.add_row(w["name"], w["op"], "x".join(map(str, w["shape"])), w["dtype"], f"{100 * w['sparsity']:.1f}%",
                             w["structure"], ", ".join(w["blocks"]) or "-", ", ".join(w["nm"]) or "-")
         console.print(weights)
-    if not info["pass_candidates"]:
-        console.print("passes: none registered yet, so no rewrite can fire")
     for name, found in info["pass_candidates"].items():
         console.print(f"pass {name}: {len(found)} candidate(s)" + "".join(f"\n  - {c}" for c in found))
     if info["tvm_unsupported"]:

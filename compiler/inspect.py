@@ -45,7 +45,8 @@ def summarize(graph: Graph) -> dict:
     candidates = {}
     for cls in registered_passes():
         probe = getattr(cls, "candidates", None)
-        candidates[cls.name] = probe(graph) if probe else []
+        if probe:  # passes that can tell beforehand what they would rewrite
+            candidates[cls.name] = probe(graph)
     return {
         "inputs": [f"{v.name}: {v.type}" for v in graph.inputs if v.const is None],
         "outputs": [f"{v.name}: {v.type}" for v in graph.outputs],
