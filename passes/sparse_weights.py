@@ -1,9 +1,9 @@
-"""``sparse-weights``: MatMuls whose constant weight is block-sparse run as BSR kernels.
+"""``sparse-weights``: MatMuls whose constant weight is sparse run as BSR or CSR kernels.
 
 Exact: the kernel multiplies by exactly the stored non-zero blocks and skips only all-zero blocks
 (sums may be reordered, as in any GEMM). A weight is rewritten only when (1) it is 2-D
-and feeds a MatMul as its right operand, (2) a block shape the kernel vectorises holds for it
-(R outputs x C inputs with R a multiple of 4), and (3) the host-measured cost model predicts a
+and feeds a MatMul as its right operand, (2) it is at least 30% zeros: stored BSR with the best block shape that holds (R outputs x C
+inputs, R the vector axis), else CSR (unstructured), and (3) the host-measured cost model predicts a
 speed-up at its block density. Everything declined gets a note saying why; a model with no
 sparse weights is left exactly as it was.
 
@@ -25,6 +25,7 @@ from .sparse_cost import SparseCostModel, row_bucket
 
 # Block shapes the kernel runs well, best first: R (outputs) is the vector axis.
 KERNEL_BLOCKS = ((32, 1), (16, 1), (8, 1), (4, 4))
+UNSTRUCTURED = (1, 1)  # CSR, computed transposed (tokens on the vector axis)
 MIN_SPARSITY = 0.3  # below this no block kernel beats dense; skip the calibration cost
 
 
@@ -45,7 +46,8 @@ class SparseWeights(Pass):
                 continue
             info = analyze(weight.const.T)
             block = next((b for b in KERNEL_BLOCKS if b in info.blocks), None)
-            if block and info.sparsity >= MIN_SPARSITY:
+            block = block or UNSTRUCTURED
+            if info.sparsity >= MIN_SPARSITY:
                 found.append(f"{node.name}: {weight.name} {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks")
         return found
 
@@ -68,11 +70,7 @@ class SparseWeights(Pass):
                 if info.sparsity > 0:
                     result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse, too dense for a sparse kernel to pay")
                 continue
-            block = next((b for b in KERNEL_BLOCKS if b in info.blocks), None)
-            if block is None:
-                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse but {info.structure}: no block shape "
-                                    f"the BSR kernel vectorises ({', '.join(f'{r}x{c}' for r, c in KERNEL_BLOCKS)}) holds")
-                continue
+            block = next((b for b in KERNEL_BLOCKS if b in info.blocks), UNSTRUCTURED)
             rows = _rows(node)
             if rows is None:
                 result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks, kept dense: "
@@ -92,7 +90,7 @@ class SparseWeights(Pass):
                     result.details.setdefault("declined", []).append(detail)
                     continue
             _rewrite(graph, node, out_in, block)
-            result.rewrites[f"{self.name}.bsr"] += 1
+            result.rewrites[f"{self.name}.{'csr' if block == UNSTRUCTURED else 'bsr'}"] += 1
             result.details.setdefault("rewritten", []).append(detail)
         return result
 

@@ -41,12 +41,13 @@ def test_nm_and_unstructured_are_told_apart(rng):
     assert analyze(weight).structure == "dense"
 
 
-@pytest.mark.parametrize("block", [(32, 1), (16, 1), (8, 1), (4, 4)])
-@pytest.mark.parametrize("tokens", [1, 7, 32])
-def test_bsr_rewrite_is_exact_and_fires(block, tokens, rng):
+@pytest.mark.parametrize("block", [(32, 1), (16, 1), (8, 1), (4, 4), (1, 1)])
+@pytest.mark.parametrize("tokens", [1, 7, 32, 70])
+def test_sparse_rewrite_is_exact_and_fires(block, tokens, rng):
     model = pruned_ffn(64, 128, layers=2, sparsity=0.8, block=block, tokens=tokens, residual=True)
     compiled = sparsec.compile(model, pass_options=ALWAYS)
-    assert compiled.report["rewrites"] == {"sparse-weights.bsr": 4}
+    kind = "csr" if block == (1, 1) else "bsr"
+    assert compiled.report["rewrites"] == {f"sparse-weights.{kind}": 4}
     rewritten = compiled.report["details"]["sparse-weights"]["rewritten"]
     assert {d["block"] for d in rewritten} == {f"{block[0]}x{block[1]}"}
     feeds = {"x": rng.standard_normal((tokens, 64)).astype(np.float32)}
@@ -79,10 +80,10 @@ def test_a_dense_model_compiles_to_exactly_what_it_was():
 
 
 def test_declined_candidates_say_why(rng):
-    unstructured = pruned_ffn(32, 64, sparsity=0.9, tokens=4)
-    compiled = sparsec.compile(unstructured, pass_options=ALWAYS)
+    barely = pruned_ffn(32, 64, sparsity=0.2, tokens=4)
+    compiled = sparsec.compile(barely, pass_options=ALWAYS)
     assert compiled.report["rewrites"] == {}
-    assert any("unstructured" in note for note in compiled.report["notes"]["sparse-weights"])
+    assert any("too dense" in note for note in compiled.report["notes"]["sparse-weights"])
     symbolic = pruned_ffn(32, 64, sparsity=0.9, block=(16, 1))  # symbolic token count
     compiled = sparsec.compile(symbolic, pass_options=ALWAYS)
     assert compiled.report["rewrites"] == {}

@@ -1,4 +1,5 @@
-"""CPU kernel of ``sparsec.BlockSparseMatMul``: BSR weight, R outputs x C inputs per block.
+"""CPU kernels of ``sparsec.BlockSparseMatMul``: BSR weight, R outputs x C inputs per block
+(1x1 blocks: CSR, computed transposed; see ``csr_transposed_kernel``).
 
 Each task owns one block row (R output features); for every tile of MR activation rows it keeps
 an MR x R accumulator in registers, walks only the non-zero blocks of that row (their inputs
@@ -66,6 +67,44 @@ def bsr_kernel(m: int, k: int, n: int, block: tuple[int, int], nnzb: int, relu: 
     return kernel
 
 
+def csr_transposed_kernel(m: int, k: int, n: int, nnz: int, relu: bool = False, tile: int = 64):
+    """Unstructured (1x1 blocks, CSR): ``y.T[n, :] = sum_p data[p] * x.T[indices[p], :]``.
+
+    With the activations transposed, every non-zero scales one contiguous row of x.T and the
+    tokens are the vector axis (the stores are contiguous too), so a 1x1 block costs a
+    broadcast and a few vector FMAs instead of a gather per token."""
+    low = T.float32(0) if relu else T.float32(float("-inf"))
+    mt = min(m, tile)
+    full, tail = m // mt, m % mt
+    chunks = min(n, 128)
+    per_chunk = (n + chunks - 1) // chunks
+
+    @T.prim_func(private=True)
+    def kernel(xt: T.Buffer((k, m), "float32"), data: T.Buffer((nnz, 1, 1), "float32"), indices: T.Buffer((nnz,), "int32"),
+               indptr: T.Buffer((n + 1,), "int32"), bias: T.Buffer((n,), "float32"), yt: T.Buffer((n, m), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for chunk in T.parallel(chunks):
+            acc = T.decl_buffer((mt,), "float32", scope="local")
+            for local_row in range(per_chunk):
+                row = chunk * per_chunk + local_row
+                if row < n:
+                    for t in range(full):
+                        for j in T.vectorized(mt):
+                            acc[j] = T.float32(0)
+                        for p in range(indptr[row], indptr[row + 1]):
+                            for j in T.vectorized(mt):
+                                acc[j] = acc[j] + data[p, 0, 0] * xt[T.Cast("int64", indices[p]), t * mt + j]
+                        for j in T.vectorized(mt):
+                            yt[row, t * mt + j] = T.max(acc[j] + bias[row], low)
+                    for j in range(tail):
+                        acc[j] = T.float32(0)
+                        for p in range(indptr[row], indptr[row + 1]):
+                            acc[j] = acc[j] + data[p, 0, 0] * xt[T.Cast("int64", indices[p]), full * mt + j]
+                        yt[row, full * mt + j] = T.max(acc[j] + bias[row], low)
+
+    return kernel
+
+
 @register_lowering("sparsec", "BlockSparseMatMul")
 def lower_block_sparse_matmul(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
     x, data, indices, indptr = inputs[:4]
@@ -77,9 +116,16 @@ def lower_block_sparse_matmul(bb: relax.BlockBuilder, node: Node, inputs: list, 
     rows = int(np.prod(lead))
     flat = x if len(lead) == 1 else bb.normalize(relax.op.reshape(x, [rows, k]))
     relu = node.attr("activation", "none") == "relu"
-    kernel = bb.add_func(bsr_kernel(rows, k, out, block, nnzb, relu),
-                         f"bsr_matmul_{rows}x{k}x{out}_{block[0]}x{block[1]}" + ("_relu" if relu else ""))
-    y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([rows, out], "float32")))
+    suffix = "_relu" if relu else ""
+    if block == (1, 1):
+        kernel = bb.add_func(csr_transposed_kernel(rows, k, out, nnzb, relu), f"csr_matmul_{rows}x{k}x{out}{suffix}")
+        xt = bb.normalize(relax.op.permute_dims(flat, [1, 0]))
+        yt = bb.normalize(relax.call_tir(kernel, [xt, data, indices, indptr, bias], relax.TensorType([out, rows], "float32")))
+        y = bb.normalize(relax.op.permute_dims(yt, [1, 0]))
+    else:
+        kernel = bb.add_func(bsr_kernel(rows, k, out, block, nnzb, relu),
+                             f"bsr_matmul_{rows}x{k}x{out}_{block[0]}x{block[1]}{suffix}")
+        y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([rows, out], "float32")))
     if len(lead) != 1:
         y = bb.normalize(relax.op.reshape(y, [*lead, out]))
     return y

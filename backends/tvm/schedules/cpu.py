@@ -160,7 +160,7 @@ def _pack_weight_panels(sch: s_tir.Schedule, func, main, nr: int) -> str | None:
     layout_free = {int(i) for i in func.attrs.get("layout_free_buffers", [])} if func.attrs else set()
     constant = [func.params[i] for i in layout_free if isinstance(func.params[i], tirx.Buffer)]
     stmt = sch.get(main)
-    _, _, j_var, k_var = (iv.var for iv in stmt.iter_vars)
+    j_var, k_var = (iv.var for iv in stmt.iter_vars[-2:])  # [..., J, K]
     for index, region in enumerate(stmt.reads):
         buffer = region.source
         if not any(buffer.same_as(c) for c in constant) or len(buffer.shape) != 2:
@@ -206,6 +206,7 @@ def _vector_matrix(func, target: Target):
     if read_b is None or not _uses_var(read_b.region[-1].min, j_var):
         return None
     nr = next(f for f in (4 * lanes, 2 * lanes, lanes) if n % f == 0)
+    packed = _pack_weight_panels(sch, func, main, nr)
     jo, ji = sch.split(j, [None, nr])
     sch.reorder(jo, k, ji)
     tile = sch.cache_write(main, 0, "local")
@@ -219,7 +220,7 @@ def _vector_matrix(func, target: Target):
     write_loops = sch.get_loops(tile)
     if len(write_loops) >= 2:
         _try(sch.vectorize, write_loops[-1])
-    _schedule_remaining(sch, target, skip=_scheduled_names(sch, main))
+    _schedule_remaining(sch, target, skip=_scheduled_names(sch, main) | ({packed} if packed else set()))
     return sch
 
 
