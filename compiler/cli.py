@@ -104,14 +104,15 @@ def run_cmd(model: Path = typer.Argument(..., help="compiled folder, or an ONNX 
             input: Optional[list[str]] = typer.Option(None, "--input", "-i", help="NAME=FILE.npy (repeatable)"),
             output: Path = typer.Option(..., "-o", "--output", help="folder for <output>.npy files"),
             target: str = TargetOpt, passes: str = PassesOpt, dim: Optional[list[str]] = DimOpt,
-            shape: Optional[list[str]] = ShapeOpt, threads: Optional[int] = ThreadsOpt):
+            shape: Optional[list[str]] = ShapeOpt, threads: Optional[int] = ThreadsOpt,
+            pass_option: Optional[list[str]] = PassOptionOpt):
     """Run a compiled model (or an ONNX file) on inputs given as .npy files."""
     import sparsec
 
     if model.is_dir():
         compiled = sparsec.load_compiled(model)
     elif model.exists():
-        compiled = _compile(model, target, passes, dim, threads, shape)
+        compiled = _compile(model, target, passes, dim, threads, shape, pass_option)
     else:
         raise SparsecError(f"{model} does not exist")
     feeds = {}
