@@ -4,4 +4,4 @@ Sparsity: ``sparse-weights`` (exact, default). Routing (``moe-dispatch``, ``relu
 ``prune`` land with their issues, each as its own module registered here.
 """
 
-from . import prune, sparse_weights  # noqa: E402,F401
+from . import expert_dispatch, prune, sparse_weights  # noqa: E402,F401

@@ -84,3 +84,15 @@ def _pruned_ffn(hidden: int = 768, ffn: int = 3072, layers: int = 1, sparsity: f
 register_family(Family("pruned-ffn", _pruned_ffn,
                        {"hidden": 768, "ffn": 3072, "layers": 1, "sparsity": 0.9, "block": "16x1", "tokens": 32, "seed": 0},
                        "FFN stack (MatMul, ReLU, MatMul) with magnitude-pruned weights: block RxC (outputs x inputs) or N:M"))
+
+
+def _moe(hidden: int = 512, ffn: int = 2048, experts: int = 64, top_k: int = 2, tokens: int = 16,
+         activation: str = "relu", layers: int = 1, seed: int = 0):
+    from ..models.moe_layers import dense_masked_moe
+
+    return dense_masked_moe(hidden, ffn, experts, top_k, tokens=tokens, activation=activation, layers=layers, seed=seed)
+
+
+register_family(Family("moe", _moe, {"hidden": 512, "ffn": 2048, "experts": 64, "top_k": 2, "tokens": 16,
+                                     "activation": "relu", "layers": 1, "seed": 0},
+                       "dense-masked mixture of experts (every expert evaluated, gated by a scattered top-k)"))

@@ -1,0 +1,136 @@
+"""CPU kernel of ``sparsec.MoE``: route, group tokens by expert, run only the active experts.
+
+The router (softmax, top-k, renormalisation) runs as Relax ops inside the compiled graph; one
+PrimFunc then does the rest with no Python in between:
+
+1. counting sort of the (token, slot) pairs by expert: per-expert offsets, token and weight per
+   position (serial: T x k small integers);
+2. ``h[pos] = act(x[token] @ W1[e] + b1[e])`` for each active expert's positions, in MR-row
+   register tiles, parallel over column tiles of F (positions are unique: no write conflicts);
+3. ``y[token] += weight * (h[pos] @ W2[e] + b2[e])``, parallel over column tiles of H, so the k
+   contributions to one token land in the same task, in order.
+
+An expert no token chose costs one comparison: its weights are never read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+from tvm.script import tirx as T
+
+from ....ir.graph import Node
+from ..lower import register_lowering
+
+MR = 4  # token rows per register tile
+
+
+def _tile(extent: int) -> int:
+    return next(t for t in (64, 32, 16, 8, 4, 2, 1) if extent % t == 0)
+
+
+def _activation(name: str):
+    if name == "relu":
+        return lambda v: T.max(v, T.float32(0))
+    if name == "silu":
+        return lambda v: v / (T.float32(1) + T.exp(-v))
+    if name == "gelu":
+        return lambda v: T.float32(0.5) * v * (T.float32(1) + T.erf(v * T.float32(0.7071067811865476)))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def moe_kernel(tokens: int, hidden: int, ffn: int, experts: int, k: int, activation: str):
+    act = _activation(activation)
+    pairs = tokens * k
+    ft, ht = _tile(ffn), _tile(hidden)
+
+    @T.prim_func(private=True)
+    def kernel(x: T.Buffer((tokens, hidden), "float32"), idx: T.Buffer((tokens, k), "int32"),
+               gate: T.Buffer((tokens, k), "float32"), w1: T.Buffer((experts, ffn // ft, hidden, ft), "float32"),
+               b1: T.Buffer((experts, ffn), "float32"), w2: T.Buffer((experts, hidden // ht, ffn, ht), "float32"),
+               b2: T.Buffer((experts, hidden), "float32"), y: T.Buffer((tokens, hidden), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        offsets = T.alloc_buffer((experts + 1,), "int32")
+        fill = T.alloc_buffer((experts,), "int32")
+        token_at = T.alloc_buffer((pairs,), "int32")
+        weight_at = T.alloc_buffer((pairs,), "float32")
+        h = T.alloc_buffer((pairs, ffn), "float32")
+        # 1. counting sort of (token, slot) by expert
+        for e in range(experts + 1):
+            offsets[e] = 0
+        for t, j in T.grid(tokens, k):
+            offsets[idx[t, j] + 1] = offsets[idx[t, j] + 1] + 1
+        for e in range(experts):
+            offsets[e + 1] = offsets[e + 1] + offsets[e]
+            fill[e] = offsets[e]
+        for t, j in T.grid(tokens, k):
+            token_at[fill[idx[t, j]]] = t
+            weight_at[fill[idx[t, j]]] = gate[t, j]
+            fill[idx[t, j]] = fill[idx[t, j]] + 1
+        # 2. first layer of the active experts, parallel over column tiles of F
+        for fo in T.parallel(ffn // ft):
+            acc = T.decl_buffer((MR, ft), "float32", scope="local")
+            for e in range(experts):
+                for g in range((offsets[e + 1] - offsets[e] + MR - 1) // MR):
+                    for i in T.unroll(MR):
+                        for f in T.vectorized(ft):
+                            acc[i, f] = b1[e, fo * ft + f]
+                    for c in range(hidden):
+                        for i in T.unroll(MR):
+                            for f in T.vectorized(ft):
+                                acc[i, f] = acc[i, f] + x[token_at[T.min(offsets[e] + g * MR + i, offsets[e + 1] - 1)], c] * w1[e, fo, c, f]
+                    for i in range(T.min(MR, offsets[e + 1] - offsets[e] - g * MR)):
+                        for f in T.vectorized(ft):
+                            h[offsets[e] + g * MR + i, fo * ft + f] = act(acc[i, f])
+        # 3. second layer, weighted, scattered back to token order; parallel over tiles of H
+        for ho in T.parallel(hidden // ht):
+            acc2 = T.decl_buffer((MR, ht), "float32", scope="local")
+            for t in range(tokens):
+                for v in T.vectorized(ht):
+                    y[t, ho * ht + v] = T.float32(0)
+            for e in range(experts):
+                for g in range((offsets[e + 1] - offsets[e] + MR - 1) // MR):
+                    for i in T.unroll(MR):
+                        for v in T.vectorized(ht):
+                            acc2[i, v] = b2[e, ho * ht + v]
+                    for c in range(ffn):
+                        for i in T.unroll(MR):
+                            for v in T.vectorized(ht):
+                                acc2[i, v] = acc2[i, v] + h[T.min(offsets[e] + g * MR + i, offsets[e + 1] - 1), c] * w2[e, ho, c, v]
+                    for i in range(T.min(MR, offsets[e + 1] - offsets[e] - g * MR)):
+                        for v in T.vectorized(ht):
+                            y[token_at[offsets[e] + g * MR + i], ho * ht + v] = (
+                                y[token_at[offsets[e] + g * MR + i], ho * ht + v] + weight_at[offsets[e] + g * MR + i] * acc2[i, v])
+
+    return kernel
+
+
+@register_lowering("sparsec", "MoE")
+def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
+    x, logits, w1, b1, w2, b2 = inputs[:6]
+    k = int(node.attr("k"))
+    experts, ffn, hidden = node.input(4).const.shape
+    tokens = int(x.ty.shape.values[0])
+    if node.attr("softmax") == "before":
+        top = bb.normalize(relax.op.topk(bb.normalize(relax.op.nn.softmax(logits, axis=-1)), k, axis=-1, dtype="int32"))
+        weights = bb.normalize(relax.TupleGetItem(top, 0))
+        if node.attr("normalize", 0):
+            weights = bb.normalize(relax.op.divide(weights, relax.op.sum(weights, axis=-1, keepdims=True)))
+    else:
+        top = bb.normalize(relax.op.topk(logits, k, axis=-1, dtype="int32"))
+        weights = bb.normalize(relax.op.nn.softmax(bb.normalize(relax.TupleGetItem(top, 0)), axis=-1))
+    idx = bb.normalize(relax.TupleGetItem(top, 1))
+    kernel = bb.add_func(moe_kernel(tokens, int(hidden), int(ffn), int(experts), k, node.attr("activation")),
+                         f"moe_{tokens}x{hidden}_e{experts}_f{ffn}_k{k}_{node.attr('activation')}")
+    w1p, w2p = (relax.const(a) for a in pack_expert_weights(node.input(2).const, node.input(4).const))
+    return relax.call_tir(kernel, [x, idx, weights, w1p, b1, w2p, b2], relax.TensorType([tokens, int(hidden)], "float32"))
+
+
+def pack_expert_weights(w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W1 [E, H, F] -> [E, F/ft, H, ft] and W2 [E, F, H] -> [E, H/ht, F, ht]: each (expert,
+    column tile) panel the kernel streams is contiguous (done once, at compile time)."""
+    experts, hidden, ffn = w1.shape
+    ft, ht = _tile(ffn), _tile(hidden)
+    w1p = w1.reshape(experts, hidden, ffn // ft, ft).transpose(0, 2, 1, 3)
+    w2p = w2.reshape(experts, ffn, hidden // ht, ht).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(w1p), np.ascontiguousarray(w2p)

@@ -1,0 +1,73 @@
+"""`moe-dispatch`: dense-masked MoEs run only the routed experts, with ORT's outputs."""
+
+import numpy as np
+import pytest
+
+import sparsec
+from conftest import assert_matches_ort
+from sparsec.models.moe_layers import dense_masked_moe
+from sparsec.passmanager import PassContext, PassManager, resolve_passes
+
+
+def dispatched(model):
+    graph = sparsec.load(model)
+    sparsec.prepare(graph)
+    report = PassManager(resolve_passes(["moe-dispatch"])).run(graph, PassContext())
+    return graph, report
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+@pytest.mark.parametrize("softmax, normalize, k", [("before", True, 2), ("before", False, 2), ("after", False, 2),
+                                                   ("before", False, 1)])
+def test_dispatch_is_exact_and_fires(activation, softmax, normalize, k, rng):
+    tokens = 6
+    model = dense_masked_moe(32, 48, 8, k, tokens=tokens, activation=activation, softmax=softmax,
+                             normalize=normalize, layers=2, seed=1)
+    compiled = sparsec.compile(model)
+    assert compiled.report["rewrites"]["moe-dispatch"] == 2
+    found = compiled.report["details"]["moe-dispatch"]["moe"]
+    assert [(m["experts"], m["k"], m["activation"]) for m in found] == [(8, k, activation)] * 2
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 32)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 16])
+def test_token_counts_and_identical_tokens(tokens, rng):
+    model = dense_masked_moe(32, 64, 16, 2, tokens=tokens, seed=2)
+    compiled = sparsec.compile(model)
+    assert compiled.report["rewrites"] == {"moe-dispatch": 1}
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 32)).astype(np.float32)})
+    same = np.repeat(rng.standard_normal((1, 32)).astype(np.float32), tokens, axis=0)  # all to the same experts
+    assert_matches_ort(compiled, model, {"x": same})
+
+
+def test_no_expert_matmul_is_left_and_ort_runs_the_rewritten_graph(rng):
+    model = dense_masked_moe(32, 64, 8, 2, tokens=4)
+    graph, report = dispatched(model)
+    assert report["rewrites"] == {"moe-dispatch": 1}
+    assert not [n for n in graph.walk() if n.op_type == "MatMul" and n.input(1).const is not None and n.input(1).const.ndim == 3]
+    assert [n.op_type for n in graph.walk() if n.domain == "sparsec"] == ["MoE"]
+    compiled = sparsec.compile(model, backend="ort")  # the MoE op decomposed back to ONNX
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
+
+
+def test_symbolic_tokens_are_kept_dense_with_a_note():
+    model = dense_masked_moe(32, 64, 8, 2)  # "tokens" dim
+    compiled = sparsec.compile(model, passes=["moe-dispatch"], dims={"tokens": 3})
+    assert compiled.report["rewrites"] == {"moe-dispatch": 1}  # pinned: dispatched
+    graph = sparsec.load(model)
+    sparsec.prepare(graph)
+    report = PassManager(resolve_passes(["moe-dispatch"])).run(graph, PassContext())
+    assert report["rewrites"] == {} and "symbolic" in report["notes"]["moe-dispatch"][0]
+
+
+def test_a_gate_scattered_into_non_zeros_is_not_rewritten(rng):
+    model = dense_masked_moe(32, 64, 8, 2, tokens=4)
+    zero = next(i for i in model.graph.initializer if i.name == "l0_zero")
+    from onnx import numpy_helper
+
+    zero.CopyFrom(numpy_helper.from_array(np.ones((), np.float32), "l0_zero"))  # logits * 1: not zeros
+    graph, report = dispatched(model)
+    assert report["rewrites"] == {}
+    assert "not known to be zero" in report["notes"]["moe-dispatch"][0]
+    compiled = sparsec.compile(model)
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
