@@ -41,4 +41,4 @@ def registered_ops() -> list[tuple[str, str]]:
 
 
 # Importing the op modules registers them.
-from . import experts, sparse  # noqa: E402,F401
+from . import experts, relu_skip, sparse  # noqa: E402,F401

@@ -1,0 +1,202 @@
+"""CPU kernel for ``sparsec::ReluSkipMatMul``: ``out = h @ W2 (+ bias)``, skipping W2's rows
+whose activation column is zero in every row of ``h`` (decided per call, exactly).
+
+One PrimFunc per weight shape, in three steps:
+
+1. scan: ``flags[j] = 1`` where some ``h[t, j]`` is not exactly zero (NaN and inf count as
+   non-zero, so they reach the output as they would in the dense product), and count them,
+   ``SCAN_ROWS`` rows at a time, stopping as soon as the count says the dense path will run;
+2. compact (only when the sparse path runs): ``active[0:count]`` lists those columns, in
+   increasing order (branch-free);
+3. GEMM over the active rows of W2 only: for each panel of NR output columns (W2 is packed at
+   compile time as ``[N / NR, F, NR]`` panels, so the NR floats of one row are contiguous) and
+   each tile of MR rows of ``h``, ``acc[MR, NR] += h[t, j] * W2[j, panel]`` for j in ``active``,
+   vectorised along NR, then ``out = acc + bias``. Parallel over panels.
+
+Run-time branches, so each call follows its own activations: when most columns are active the
+gather costs more than it saves, and above ``DENSE_ABOVE`` of them the same micro-kernel runs over
+every row of W2 without the index list; a small sparse product (``SERIAL_WORK``) runs on the
+calling thread, since waking TVM's sleeping pool costs more than it saves. Buffers are declared
+once per parallel task, not per tile (a local buffer inside the loop body would be allocated on
+every iteration).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.script import tirx as T
+
+from sparsec.ir.graph import Node
+from ..lower import register_lowering
+from ..targets import host_vector_lanes
+
+# Active fraction above which the dense path runs, by row count: (fewer than 4 rows, fewer than
+# 64, more). Measured on 3072 x 768 with 2 threads in the whole FFN, weights out of cache: there
+# the gather reads W2 at well under streaming bandwidth (1 row: 50% active took 1.8x the dense
+# time, 30% broke even, 10% took 0.47x; 32 rows broke even at 50%, 128 rows paid from 74%).
+DENSE_ABOVE = (0.3, 0.5, 0.75)
+# Multiply-adds (active columns x rows x N) up to which the product runs on one thread (waking
+# the pool costs ~15-30 us with TVM_THREAD_POOL_SPIN_COUNT=0; measured crossover ~1M on 2 cores).
+SERIAL_WORK = 1 << 20
+# Rows of h scanned between checks of the active count (the scan stops once the dense path is sure).
+SCAN_ROWS = 8
+
+
+def tile_shape(lanes: int | None = None) -> tuple[int, int]:
+    """(MR rows, NR columns) of the register tile: MR x NR / lanes vector accumulators fill half
+    the vector registers (8 x 2 of AVX-512's 32, 4 x 2 of AVX2's 16). The same tile serves one
+    token: measured with W2 out of cache, a 1 x 128 tile (long runs of each row) gathered 10%
+    of W2 only ~10% faster and its dense path ran ~10% slower; a row-major W2 gathered 30%
+    faster but streamed it at half speed when dense."""
+    lanes = lanes or host_vector_lanes()
+    return (8, 2 * lanes) if lanes >= 16 else (4, 2 * lanes)
+
+
+def pack_panels(weight: np.ndarray, nr: int) -> np.ndarray:
+    """``W[F, N]`` -> ``[ceil(N / nr), F, nr]`` panels, zero-padded on the right."""
+    f, n = weight.shape
+    panels = -(-n // nr)
+    padded = np.zeros((f, panels * nr), dtype=weight.dtype)
+    padded[:, :n] = weight
+    return np.ascontiguousarray(padded.reshape(f, panels, nr).transpose(1, 0, 2))
+
+
+def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float, float, float] = DENSE_ABOVE,
+                     serial_work: int = SERIAL_WORK) -> tvm.tirx.PrimFunc:
+    """The PrimFunc ``(h[rows, f], w[panels, f, nr], bias[panels * nr]) -> out[rows, n]``."""
+    panels = -(-n // nr)
+    # More active columns than this: the dense path (see DENSE_ABOVE)
+    dense_few, dense_some, dense_many = (int(fraction * f) for fraction in dense_above)
+    ragged = n % nr != 0  # the last panel has fewer than nr real columns
+    assert mr in (1, 4, 8), "leftover rows are tiled 4, 2, 1"
+
+    rows = tvm.tirx.Var("rows", "int64")
+    lanes = host_vector_lanes()
+
+    @T.macro
+    def tile(h, w, bias, out, acc, active, count, p, t0, m, dense):
+        # One m x nr tile of out at rows t0.., panel p. `dense` (a Python bool) picks the loop.
+        for r in T.unroll(m):  # unrolled and vectorised like every access to acc: registers
+            for v in T.vectorized(nr):
+                acc[r * nr + v] = T.float32(0)
+        if dense:
+            for j in T.serial(f):
+                for r in T.unroll(m):
+                    for v in T.vectorized(nr):
+                        acc[r * nr + v] = acc[r * nr + v] + h[t0 + r, j] * w[p, j, v]
+        else:
+            for k in T.serial(count):
+                j = active[k]
+                for r in T.unroll(m):
+                    for v in T.vectorized(nr):
+                        acc[r * nr + v] = acc[r * nr + v] + h[t0 + r, j] * w[p, j, v]
+        if ragged:
+            for r in T.unroll(m):
+                for v in T.serial(nr):
+                    if p * nr + v < n:
+                        out[t0 + r, p * nr + v] = acc[r * nr + v] + bias[p * nr + v]
+        else:
+            for r in T.unroll(m):
+                for v in T.vectorized(nr):
+                    out[t0 + r, p * nr + v] = acc[r * nr + v] + bias[p * nr + v]
+
+    @T.macro
+    def panel_rows(h, w, bias, out, acc, active, count, p, rows, dense):
+        # Full mr-row tiles, then the leftover rows in tiles of 4, 2, 1 (binary decomposition).
+        for tt in T.serial(rows // mr):
+            tile(h, w, bias, out, acc, active, count, p, tt * mr, mr, dense)
+        base = rows - rows % mr
+        rem = rows % mr
+        if mr > 4:
+            if rem & 4 != 0:
+                tile(h, w, bias, out, acc, active, count, p, base, 4, dense)
+        if mr > 2:
+            if rem & 2 != 0:
+                tile(h, w, bias, out, acc, active, count, p, base + (rem & 4), 2, dense)
+        if mr > 1:
+            if rem & 1 != 0:
+                tile(h, w, bias, out, acc, active, count, p, base + (rem & 6), 1, dense)
+
+    # s_tir=True: buffers without a TileLayout. With tirx's default layout, Relax passes that
+    # rebuild the function (AttachAttrLayoutFreeBuffers, FuseTIR) give the layout a fresh copy of
+    # the symbolic row count, and MakePackedAPI then fails on an undefined variable (TVM 0.27).
+    @T.prim_func(private=True, s_tir=True)
+    def relu_skip_matmul(h: T.Buffer((rows, f), "float32"), w: T.Buffer((panels, f, nr), "float32"),
+                         bias: T.Buffer((panels * nr,), "float32"), out: T.Buffer((rows, n), "float32")):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        flags = T.decl_buffer((f,), "int32")
+        active = T.decl_buffer((f,), "int32")
+        count = T.decl_buffer((1,), "int32")
+        partial = T.decl_buffer((lanes,), "int32")
+        # 1. scan: exact zeros only (h == 0 is false for NaN, so NaN columns stay active), 8 rows
+        # at a time, stopping once more columns are active than the dense path's threshold (the
+        # dense path needs no flags; the sparse path runs only after a complete scan).
+        limit = T.if_then_else(rows < 4, dense_few, T.if_then_else(rows < 64, dense_some, dense_many))
+        for j in T.vectorized(f):
+            flags[j] = 0
+        done = T.decl_buffer((1,), "int64")
+        done[0] = T.int64(0)
+        count[0] = 0
+        while done[0] < rows and count[0] <= limit:
+            for t in T.serial(T.min(rows - done[0], T.int64(SCAN_ROWS))):
+                for j in T.vectorized(f):
+                    flags[j] = flags[j] | T.Select(h[done[0] + t, j] == T.float32(0), 0, 1)
+            done[0] = T.min(rows, done[0] + T.int64(SCAN_ROWS))
+            for v in T.vectorized(lanes):
+                partial[v] = 0
+            for jo in T.serial(f // lanes):
+                for v in T.vectorized(lanes):
+                    partial[v] = partial[v] + flags[jo * lanes + v]
+            count[0] = 0
+            for j in T.serial(f % lanes):
+                count[0] = count[0] + flags[f // lanes * lanes + j]
+            for v in T.serial(lanes):
+                count[0] = count[0] + partial[v]
+        num = count[0]
+        # 2. the product over all rows of W2 when few are skipped, else over the active ones
+        if num > limit:
+            for p in T.parallel(panels):
+                acc = T.decl_buffer((mr * nr,), "float32", scope="local")
+                panel_rows(h, w, bias, out, acc, active, num, p, rows, True)
+        else:
+            # compact, branch-free: write every j, advance only past active ones
+            count[0] = 0
+            for j in T.serial(f):
+                active[count[0]] = j
+                count[0] = count[0] + flags[j]
+            # A small product runs on the calling thread: waking the pool costs more than it saves.
+            if T.Cast("int64", num) * rows * n <= serial_work:
+                acc = T.decl_buffer((mr * nr,), "float32", scope="local")
+                for p in T.serial(panels):
+                    panel_rows(h, w, bias, out, acc, active, num, p, rows, False)
+            else:
+                for p in T.parallel(panels):
+                    acc = T.decl_buffer((mr * nr,), "float32", scope="local")
+                    panel_rows(h, w, bias, out, acc, active, num, p, rows, False)
+
+    return relu_skip_matmul
+
+
+@register_lowering("sparsec", "ReluSkipMatMul")
+def lower_relu_skip(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict) -> relax.Expr:
+    # W2 and the bias are IR constants (the pass checks): packed here, once, at compile time.
+    w = node.input(1).const.astype(np.float32)
+    f, n = w.shape
+    mr, nr = tile_shape()
+    packed = pack_panels(w, nr)
+    bias = np.zeros(-(-n // nr) * nr, np.float32)
+    if node.input(2) is not None:
+        bias[:n] = node.input(2).const.reshape(-1)
+    kernel = bb.add_func(relu_skip_kernel(f, n, mr, nr), f"relu_skip_matmul_{f}x{n}")
+    # The kernel takes h as rows x F: leading dims are flattened around it (they may be symbolic).
+    h = inputs[0]
+    lead = list(h.ty.shape.values[:-1])
+    rows = lead[0]
+    for d in lead[1:]:
+        rows = rows * d
+    flat = h if len(lead) == 1 else bb.normalize(relax.op.reshape(h, [rows, f]))
+    out = bb.normalize(relax.call_tir(kernel, [flat, relax.const(packed), relax.const(bias)],
+                                      relax.TensorType([rows, n], "float32")))
+    return out if len(lead) == 1 else bb.normalize(relax.op.reshape(out, [*lead, n]))
