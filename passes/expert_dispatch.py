@@ -59,10 +59,6 @@ class MoEDispatch(Pass):
                 result.notes.append(f"{node.name}: sums over an expert axis but is not rewritten: {why}")
                 continue
             tokens = moe["x"].type.shape[0] if isinstance(moe["x"].type, TensorType) and moe["x"].type.shape else None
-            if not isinstance(tokens, int):
-                result.notes.append(f"{node.name}: MoE with {moe['experts']} experts kept dense: the token count is "
-                                    "symbolic; pin the model's dims (dims= / --dim) to dispatch")
-                continue
             _rewrite(node, moe)
             result.rewrites[self.name] += 1
             result.details.setdefault("moe", []).append(

@@ -9,7 +9,8 @@ sparse weights is left exactly as it was.
 
 Options (``pass_options={"sparse-weights": {...}}``): ``policy`` = ``"auto"`` (cost model,
 default), ``"always"`` (every weight with a usable block shape, for testing), ``"never"``;
-``min_speedup`` (default 1.1). The kernel needs static activation rows (pin the model's dims).
+``min_speedup`` (default 1.1); ``rows`` (the row count the cost model assumes when the model's is
+symbolic, default 32). The CSR kernel needs a static row count (pin the model's dims).
 """
 
 from __future__ import annotations
@@ -72,16 +73,16 @@ class SparseWeights(Pass):
                 continue
             block = next((b for b in KERNEL_BLOCKS if b in info.blocks), UNSTRUCTURED)
             rows = _rows(node)
-            if rows is None:
-                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks, kept dense: "
-                                    "its row count is symbolic; pin the model's dims (dims= / --dim) to use the BSR kernel")
+            if rows is None and block == UNSTRUCTURED:
+                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse, unstructured, kept dense: the CSR kernel "
+                                    "needs a static row count; pin the model's dims (dims= / --dim)")
                 continue
             density = 1.0 - info.sparsity
             detail = {"node": node.name, "weight": weight.name, "shape": list(out_in.shape), "block": f"{block[0]}x{block[1]}",
                       "sparsity": round(info.sparsity, 4)}
             if policy == "auto":
                 cost = cost or SparseCostModel(ctx.options.get("num_threads"))
-                bucket = row_bucket(rows)
+                bucket = row_bucket(rows if rows is not None else int(options.get("rows", 32)))
                 speedup = cost.predicted_speedup(bucket, out_in.shape[1], out_in.shape[0], block, density)
                 detail.update(rows=bucket, predicted_speedup=round(speedup, 2))
                 if speedup < float(options.get("min_speedup", 1.1)):

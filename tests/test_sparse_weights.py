@@ -84,10 +84,18 @@ def test_declined_candidates_say_why(rng):
     compiled = sparsec.compile(barely, pass_options=ALWAYS)
     assert compiled.report["rewrites"] == {}
     assert any("too dense" in note for note in compiled.report["notes"]["sparse-weights"])
-    symbolic = pruned_ffn(32, 64, sparsity=0.9, block=(16, 1))  # symbolic token count
+    symbolic = pruned_ffn(32, 64, sparsity=0.9)  # unstructured, symbolic token count: CSR needs static rows
     compiled = sparsec.compile(symbolic, pass_options=ALWAYS)
     assert compiled.report["rewrites"] == {}
-    assert any("symbolic" in note for note in compiled.report["notes"]["sparse-weights"])
+    assert any("static row count" in note for note in compiled.report["notes"]["sparse-weights"])
+
+
+def test_bsr_takes_a_symbolic_row_count(rng):
+    model = pruned_ffn(32, 64, layers=2, sparsity=0.9, block=(16, 1))  # "tokens" dim left symbolic
+    compiled = sparsec.compile(model, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {"sparse-weights.bsr": 4}
+    for tokens in (1, 9, 40):
+        assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 32)).astype(np.float32)})
 
 
 def _seed_cost(rows, k, n, block, dense_ms, sparse_full_ms, threads=2):

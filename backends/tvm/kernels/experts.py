@@ -16,6 +16,7 @@ An expert no token chose costs one comparison: its weights are never read.
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
@@ -39,12 +40,14 @@ def _activation(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def moe_kernel(tokens: int, hidden: int, ffn: int, experts: int, k: int, activation: str):
+def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: str):
+    """``tokens``: an int, or a ``tirx.Var`` for a symbolic token count (``s_tir=True`` keeps the
+    buffers free of the layouts TVM 0.27 would rebuild with a fresh copy of the variable)."""
     act = _activation(activation)
     pairs = tokens * k
     ft, ht = _tile(ffn), _tile(hidden)
 
-    @T.prim_func(private=True)
+    @T.prim_func(private=True, s_tir=True)
     def kernel(x: T.Buffer((tokens, hidden), "float32"), idx: T.Buffer((tokens, k), "int32"),
                gate: T.Buffer((tokens, k), "float32"), w1: T.Buffer((experts, ffn // ft, hidden, ft), "float32"),
                b1: T.Buffer((experts, ffn), "float32"), w2: T.Buffer((experts, hidden // ht, ffn, ht), "float32"),
@@ -110,7 +113,9 @@ def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
     x, logits, w1, b1, w2, b2 = inputs[:6]
     k = int(node.attr("k"))
     experts, ffn, hidden = node.input(4).const.shape
-    tokens = int(x.ty.shape.values[0])
+    count = x.ty.shape.values[0]
+    static = isinstance(count, tvm.tirx.IntImm)
+    tokens = int(count) if static else tvm.tirx.Var("tokens", "int64")
     if node.attr("softmax") == "before":
         top = bb.normalize(relax.op.topk(bb.normalize(relax.op.nn.softmax(logits, axis=-1)), k, axis=-1, dtype="int32"))
         weights = bb.normalize(relax.TupleGetItem(top, 0))
@@ -121,9 +126,9 @@ def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
         weights = bb.normalize(relax.op.nn.softmax(bb.normalize(relax.TupleGetItem(top, 0)), axis=-1))
     idx = bb.normalize(relax.TupleGetItem(top, 1))
     kernel = bb.add_func(moe_kernel(tokens, int(hidden), int(ffn), int(experts), k, node.attr("activation")),
-                         f"moe_{tokens}x{hidden}_e{experts}_f{ffn}_k{k}_{node.attr('activation')}")
+                         f"moe_{tokens if static else 'dyn'}x{hidden}_e{experts}_f{ffn}_k{k}_{node.attr('activation')}")
     w1p, w2p = (relax.const(a) for a in pack_expert_weights(node.input(2).const, node.input(4).const))
-    return relax.call_tir(kernel, [x, idx, weights, w1p, b1, w2p, b2], relax.TensorType([tokens, int(hidden)], "float32"))
+    return relax.call_tir(kernel, [x, idx, weights, w1p, b1, w2p, b2], relax.TensorType([count, int(hidden)], "float32"))
 
 
 def pack_expert_weights(w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ R >= the vector width (16x1, 32x1 blocks) runs at full vector speed; zero blocks
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
@@ -20,9 +21,9 @@ from ..targets import host_vector_lanes
 ROW_TILE = 8  # activation rows per register tile (MR)
 
 
-def bsr_kernel(m: int, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool = False, mr: int = ROW_TILE):
-    """The kernel for ``m`` static rows. (With a symbolic row count, TVM 0.27's FuseTIR rebuilds
-    the buffers with a fresh variable in their layout and the build fails: rows must be pinned.)"""
+def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool = False, mr: int = ROW_TILE):
+    """``m`` rows: an int, or a ``tirx.Var`` for a symbolic row count. (``s_tir=True`` keeps the
+    buffers free of TVM 0.27's layouts, which a pass would rebuild with a fresh copy of m.)"""
     r, c = block
     block_rows = n // r
     # Accumulators live in a per-task buffer declared once per parallel chunk: declared inside
@@ -33,7 +34,7 @@ def bsr_kernel(m: int, k: int, n: int, block: tuple[int, int], nnzb: int, relu: 
     # The epilogue: bias, then ReLU as max(., 0), or max(., -inf) (a no-op) without one.
     low = T.float32(0) if relu else T.float32(float("-inf"))
 
-    @T.prim_func(private=True)
+    @T.prim_func(private=True, s_tir=True)
     def kernel(x: T.Buffer((m, k), "float32"), data: T.Buffer((nnzb, c, r), "float32"), indices: T.Buffer((nnzb,), "int32"),
                indptr: T.Buffer((block_rows + 1,), "int32"), bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -68,6 +69,7 @@ def bsr_kernel(m: int, k: int, n: int, block: tuple[int, int], nnzb: int, relu: 
 
 
 def csr_transposed_kernel(m: int, k: int, n: int, nnz: int, relu: bool = False, tile: int = 64):
+    # (m static: the token axis is the vector axis and its tiling is decided here)
     """Unstructured (1x1 blocks, CSR): ``y.T[n, :] = sum_p data[p] * x.T[indices[p], :]``.
 
     With the activations transposed, every non-zero scales one contiguous row of x.T and the
@@ -79,7 +81,7 @@ def csr_transposed_kernel(m: int, k: int, n: int, nnz: int, relu: bool = False, 
     chunks = min(n, 128)
     per_chunk = (n + chunks - 1) // chunks
 
-    @T.prim_func(private=True)
+    @T.prim_func(private=True, s_tir=True)
     def kernel(xt: T.Buffer((k, m), "float32"), data: T.Buffer((nnz, 1, 1), "float32"), indices: T.Buffer((nnz,), "int32"),
                indptr: T.Buffer((n + 1,), "int32"), bias: T.Buffer((n,), "float32"), yt: T.Buffer((n, m), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -112,8 +114,19 @@ def lower_block_sparse_matmul(bb: relax.BlockBuilder, node: Node, inputs: list, 
     block = tuple(int(d) for d in node.attr("block"))
     bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else relax.const(np.zeros(out, np.float32))
     nnzb = int(node.input(2).const.shape[0])
-    lead = [int(d) for d in x.ty.shape.values[:-1]]  # the pass rewrites only static shapes
-    rows = int(np.prod(lead))
+    lead = list(x.ty.shape.values[:-1])
+    static = all(isinstance(d, tvm.tirx.IntImm) for d in lead)
+    rows = int(np.prod([int(d) for d in lead])) if static else None
+    if rows is None:  # symbolic: the BSR kernel takes any row count (CSR needs it static)
+        count = lead[0]
+        for d in lead[1:]:
+            count = count * d
+        flat = x if len(lead) == 1 else bb.normalize(relax.op.reshape(x, [count, k]))
+        m_var = tvm.tirx.Var("m", "int64")
+        kernel = bb.add_func(bsr_kernel(m_var, k, out, block, nnzb, node.attr("activation", "none") == "relu"),
+                             f"bsr_matmul_dyn_{k}x{out}_{block[0]}x{block[1]}")
+        y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([count, out], "float32")))
+        return y if len(lead) == 1 else bb.normalize(relax.op.reshape(y, [*lead, out]))
     flat = x if len(lead) == 1 else bb.normalize(relax.op.reshape(x, [rows, k]))
     relu = node.attr("activation", "none") == "relu"
     suffix = "_relu" if relu else ""
