@@ -33,7 +33,7 @@ MIN_SPARSITY = 0.3  # below this no block kernel beats dense; skip the calibrati
 @register_pass
 class SparseWeights(Pass):
     name = "sparse-weights"
-    description = "block-sparse constant MatMul weights run as BSR kernels when measured faster (exact)"
+    description = "sparse constant MatMul weights run as BSR or CSR kernels when measured faster (exact)"
     exact = True
     default = True
 
