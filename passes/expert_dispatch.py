@@ -49,6 +49,9 @@ class MoEDispatch(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
         for node in list(graph.walk()):
+            if node.graph is not None and node.op_type == "MoE" and node.domain == "com.microsoft":
+                self._contrib(node, result)
+                continue
             if node.graph is None or node.op_type != "ReduceSum" or node.domain not in ("", "ai.onnx"):
                 continue
             if not _looks_like_expert_sum(node):
@@ -67,6 +70,62 @@ class MoEDispatch(Pass):
         if result.rewrites:
             graph.eliminate_dead_code()
         return result
+
+
+    @staticmethod
+    def _contrib(node: Node, result: PassResult) -> None:
+        """ONNX Runtime's ``com.microsoft.MoE`` (TVM has no converter for it): same semantics as
+        sparsec.MoE with softmax before top-k; its expert weights are stored ``[E, out, in]``."""
+        try:
+            moe = _match_contrib(node)
+        except Mismatch as why:
+            result.notes.append(f"{node.name}: com.microsoft.MoE not rewritten: {why}")
+            return
+        _rewrite_contrib(node, moe)
+        result.rewrites["moe-dispatch.contrib"] += 1
+        result.details.setdefault("moe", []).append(
+            {"node": node.name, "experts": moe["experts"], "k": moe["k"], "activation": moe["activation"],
+             "softmax": "before", "normalize": bool(moe["normalize"]), "layout": "com.microsoft.MoE"})
+
+
+# com.microsoft.MoE activation_type -> sparsec.MoE activation, checked against ORT's CPU kernel (its "gelu"
+# differs from erf-GELU by ~4e-4: not the same function, so it is not rewritten).
+_CONTRIB_ACTIVATIONS = {"relu": "relu", "silu": "silu"}
+
+
+def _match_contrib(node: Node) -> dict:
+    act = node.attr("activation_type", "relu")
+    if act not in _CONTRIB_ACTIVATIONS:
+        raise Mismatch(f"activation_type {act!r} has no kernel yet (supported: {', '.join(_CONTRIB_ACTIVATIONS)})")
+    if node.attr("use_sparse_mixer", 0):
+        raise Mismatch("use_sparse_mixer routing is not supported")
+    if len(node.inputs) > 6 and node.input(6) is not None:
+        raise Mismatch("gated experts (fc3) are not supported yet")
+    fc1, fc2 = _const(node.input(2), "fc1_experts_weights"), _const(node.input(4), "fc2_experts_weights")
+    if fc1.ndim != 3 or fc2.ndim != 3 or fc1.dtype != np.float32 or fc2.dtype != np.float32:
+        raise Mismatch("expert weights are not 3-D float32 constants")
+    experts, ffn, hidden = fc1.shape
+    if fc2.shape != (experts, hidden, ffn):
+        raise Mismatch(f"fc1 {list(fc1.shape)} and fc2 {list(fc2.shape)} are not [E, F, H] and [E, H, F]")
+    b1 = _const(node.input(3), "fc1_experts_bias") if node.input(3) is not None else np.zeros((experts, ffn), np.float32)
+    b2 = _const(node.input(5), "fc2_experts_bias") if len(node.inputs) > 5 and node.input(5) is not None \
+        else np.zeros((experts, hidden), np.float32)
+    return {"x": node.input(0), "logits": node.input(1), "w1": np.ascontiguousarray(fc1.transpose(0, 2, 1)),
+            "w2": np.ascontiguousarray(fc2.transpose(0, 2, 1)), "b1": _bias(b1, experts, ffn, "fc1_experts_bias"),
+            "b2": _bias(b2, experts, hidden, "fc2_experts_bias"), "experts": int(experts), "k": int(node.attr("k", 1)),
+            "activation": _CONTRIB_ACTIVATIONS[act], "normalize": int(node.attr("normalize_routing_weights", 0))}
+
+
+def _rewrite_contrib(node: Node, moe: dict) -> None:
+    g = node.graph
+    consts = [g.add_constant(moe[key], f"{node.name}_{key}") for key in ("w1", "b1", "w2", "b2")]
+    new = g.add_node("MoE", [moe["x"], moe["logits"], consts[0], consts[1], consts[2], consts[3]],
+                     {"k": moe["k"], "activation": moe["activation"], "softmax": "before", "normalize": moe["normalize"]},
+                     domain=DOMAIN, name=node.name + "_dispatch", before=node)
+    new.outputs[0].type = node.outputs[0].type
+    node.outputs[0].replace_all_uses_with(new.outputs[0])
+    g.remove_node(node)
+    g.root.opset_imports.setdefault(DOMAIN, 1)
 
 
 def _looks_like_expert_sum(node: Node) -> bool:

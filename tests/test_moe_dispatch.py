@@ -69,3 +69,39 @@ def test_a_gate_scattered_into_non_zeros_is_not_rewritten(rng):
     assert "not known to be zero" in report["notes"]["moe-dispatch"][0]
     compiled = sparsec.compile(model)
     assert_matches_ort(compiled, model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
+
+
+def contrib_moe(activation, normalize, experts=8, hidden=32, ffn=64, tokens=5, k=2, seed=0):
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    fc1 = (rng.standard_normal((experts, ffn, hidden)) / 6).astype(np.float32)  # ORT stores [E, out, in]
+    fc2 = (rng.standard_normal((experts, hidden, ffn)) / 8).astype(np.float32)
+    b1 = rng.standard_normal((experts, ffn)).astype(np.float32)
+    b2 = rng.standard_normal((experts, hidden)).astype(np.float32)
+    node = helper.make_node("MoE", ["x", "router", "fc1", "b1", "fc2", "b2"], ["y"], domain="com.microsoft", k=k,
+                            activation_type=activation, normalize_routing_weights=normalize)
+    graph = helper.make_graph(
+        [node], "contrib_moe",
+        [helper.make_tensor_value_info("x", 1, [tokens, hidden]), helper.make_tensor_value_info("router", 1, [tokens, experts])],
+        [helper.make_tensor_value_info("y", 1, [tokens, hidden])],
+        [numpy_helper.from_array(a, n) for a, n in ((fc1, "fc1"), (b1, "b1"), (fc2, "fc2"), (b2, "b2"))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("normalize", [0, 1])
+def test_com_microsoft_moe_compiles_and_matches_ort(activation, normalize, rng):
+    model = contrib_moe(activation, normalize)
+    compiled = sparsec.compile(model)
+    assert compiled.report["rewrites"] == {"moe-dispatch.contrib": 1}
+    feeds = {"x": rng.standard_normal((5, 32)).astype(np.float32), "router": rng.standard_normal((5, 8)).astype(np.float32)}
+    assert_matches_ort(compiled, model, feeds)
+
+
+def test_com_microsoft_moe_with_an_unsupported_activation_is_refused_clearly():
+    model = contrib_moe("gelu", 1)  # ORT's contrib "gelu" is not erf-GELU to float32 precision
+    with pytest.raises(sparsec.UnsupportedOpError, match="MoE \\(domain com.microsoft"):
+        sparsec.compile(model)
+    graph, report = dispatched(model)
+    assert "activation_type 'gelu'" in report["notes"]["moe-dispatch"][0]
