@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import sparsec
 from conftest import assert_matches_ort
 from sparsec import InputError, SparsecError, UnsupportedOpError
+from sparsec.backends import ort
 from sparsec.models import mlp
 
 
@@ -204,3 +205,25 @@ def test_converter_failures_are_compile_errors_naming_the_node():
                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 1])], opset=18)
     with pytest.raises(sparsec.CompileError, match="ReduceSum \\(node 'sum_over_runtime_axes'"):
         sparsec.compile(model)
+
+
+@pytest.mark.parametrize("op", ["Identity", "Reshape"])
+def test_an_output_that_is_the_input_is_not_overwritten_by_the_next_call(op):
+    inputs = ["x", "shape"] if op == "Reshape" else ["x"]
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2] if op == "Reshape" else [2, 3])],
+                              [numpy_helper.from_array(np.array([3, 2], np.int64), "shape")] if op == "Reshape" else [])
+    compiled = sparsec.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    first = compiled.run({"x": np.arange(6, dtype=np.float32).reshape(2, 3)})[0]
+    compiled.run({"x": -np.ones((2, 3), np.float32)})
+    np.testing.assert_array_equal(first.ravel(), np.arange(6, dtype=np.float32))
+
+
+def test_outputs_of_earlier_calls_stay_intact(rng):
+    # Outputs are handed over without a copy: later calls must not reuse their memory.
+    model = mlp((32, 64, 32), batch="batch")
+    compiled = sparsec.compile(model)
+    xs = [rng.standard_normal((n, 32)).astype(np.float32) for n in (4, 4, 7, 4)]
+    outs = [compiled.run({"x": x})[0] for x in xs]
+    for x, out in zip(xs, outs):
+        np.testing.assert_allclose(out, ort.run(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
