@@ -29,7 +29,7 @@ def as_graph(model: "str | os.PathLike | onnx.ModelProto | Graph") -> tuple[Grap
         return load(model), _hash_bytes(model.SerializeToString())
     if isinstance(model, str | os.PathLike):
         graph = load(model)
-        return graph, _hash_file(Path(model))
+        return graph, hash_file(Path(model))
     raise SparsecError(f"cannot compile a {type(model).__name__}: give a path, an onnx.ModelProto or a sparsec Graph")
 
 
@@ -109,7 +109,7 @@ def _hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import platform
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..driver import hash_file
 from ..errors import SparsecError
 from ..frontend import load
 from ..versions import versions
@@ -93,7 +93,7 @@ def _bench_case(model_case, path, size, dims, shapes, pass_options, inputs, cont
         feeds = generate(graph, case_dims, seed, shapes)
     name = model_case.name + (f" batch {size}" if size is not None else "")
     case = CaseResult(name=name, model=str(model_case.model) if not isinstance(model_case.model, onnx.ModelProto) else model_case.name,
-                      sha256=_sha256(path), batch=size, dims=case_dims, params=dict(model_case.params),
+                      sha256=hash_file(path), batch=size, dims=case_dims, params=dict(model_case.params),
                       inputs=[{"name": k, "dtype": str(v.dtype), "shape": list(v.shape)} for k, v in feeds.items()])
     reference, reference_error = _reference(path, feeds, threads)
     settings = Settings(threads=threads, dims=case_dims or None, shapes=shapes, pass_options=pass_options)
@@ -174,14 +174,6 @@ def _as_file(case: ModelCase, scratch: Path) -> Path:
     large = case.model.ByteSize() > 1_800_000_000
     onnx.save_model(case.model, path, save_as_external_data=large, location=path.name + ".data" if large else None)
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _one_line(err: Exception) -> str:

@@ -138,14 +138,7 @@ class CPUMatmul(ScheduleRule):
         sch.parallel(outer)
         sch.unroll(ii)
         sch.vectorize(ji)
-        init = sch.decompose_reduction(main, k)
-        sch.vectorize(sch.get_loops(init)[-1])
-        write_loops = sch.get_loops(tile)
-        if len(write_loops) >= 2:
-            _try(sch.vectorize, write_loops[-1])
-        # Consumers that could not be fused (e.g. a reduction after the GEMM) get the fallback.
-        _schedule_remaining(sch, target, skip=_scheduled_names(sch, main) | ({packed} if packed else set()))
-        return sch
+        return _finish_gemm(sch, target, main, k, tile, packed)
 
 
 # A block with this annotation is split out by relax.transform.SplitLayoutRewritePreproc and, its
@@ -215,6 +208,12 @@ def _vector_matrix(func, target: Target):
     outer = sch.fuse(*spatial, jo) if spatial else jo
     sch.parallel(outer)
     sch.vectorize(ji)
+    return _finish_gemm(sch, target, main, k, tile, packed)
+
+
+def _finish_gemm(sch: s_tir.Schedule, target: Target, main, k, tile, packed: str | None) -> s_tir.Schedule:
+    """Common tail of the GEMM schedules: split off the zero-init, vectorise it and the tile's
+    write-back; what could not be fused (a reduction after the GEMM) gets the fallback."""
     init = sch.decompose_reduction(main, k)
     sch.vectorize(sch.get_loops(init)[-1])
     write_loops = sch.get_loops(tile)
