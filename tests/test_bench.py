@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import sparsec
-from sparsec.benchmark import SCHEMA_FILE, Prepared, Skipped, register_contender
+from sparsec.benchmark import SCHEMA_FILE, Skipped, register_contender
 from sparsec.benchmark.contenders import Contender, SparsecContender
 from sparsec.cli import main
 from sparsec.models import mlp

@@ -16,7 +16,6 @@ from tvm.script import tirx as T
 
 from ....ir.graph import Node
 from ..lower import register_lowering
-from ..targets import host_vector_lanes
 
 ROW_TILE = 8  # activation rows per register tile (MR)
 
