@@ -2,13 +2,12 @@
 
 - ``CPUMatmul``: any GEMM-like block (MatMul, Gemm, batched MatMul, including transposed operands)
   normalised to C[S, I, J] += A[S, I, K] * B[S, J, K], register-tiled MR x NR with the NR axis
-  vectorised, accumulated in a local tile, the fused epilogue (bias, activation, residual)
-  applied when the tile is written back, and parallel over tiles.
+  vectorised, constant weights packed into [N/NR, K, NR] panels at compile time, accumulated in a
+  local tile, the fused epilogue (bias, activation, residual) applied when the tile is written
+  back, parallel over tiles; one-row products as vector-matrix products.
+- ``CPUConv``: NCHW convolutions (grouped, depthwise) as channel x vector register tiles.
 - ``CPUFallback``: everything else: spatial producers inlined, leading data-parallel loops of
   each block fused and run in parallel, the innermost loop vectorised when its extent allows.
-
-The 1.0x-of-ORT work (packed weights, conv schedules, edge-tile specialisation) lives in the
-CPU speed issue; these rules guarantee that no op runs as a naive serial loop nest.
 """
 
 from __future__ import annotations
@@ -80,13 +79,23 @@ def _fuse_epilogue(sch: s_tir.Schedule, block, loop) -> None:
         return
 
 
-class CPUMatmul(ScheduleRule):
+class _CPURule(ScheduleRule):
+    """A dlight rule for CPU targets: ``schedule`` sees only PrimFuncs built for one."""
+
     def is_target_available(self, target: Target) -> bool:
         return _is_cpu(target)
 
     def apply(self, func, target: Target, _tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
             return None
+        return self.schedule(func, target)
+
+    def schedule(self, func: tirx.PrimFunc, target: Target):
+        raise NotImplementedError
+
+
+class CPUMatmul(_CPURule):
+    def schedule(self, func: tirx.PrimFunc, target: Target):
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(get_root_block(sch))
         reductions = get_reduction_blocks(sch, blocks)
@@ -223,17 +232,12 @@ def _finish_gemm(sch: s_tir.Schedule, target: Target, main, k, tile, packed: str
     return sch
 
 
-class CPUConv(ScheduleRule):
+class CPUConv(_CPURule):
     """2-D convolution (NCHW, grouped and depthwise included): out[n, f, y, x] summed over
     (c, ky, kx). Tiles FR output channels x one vector of output columns in registers, with the
     reduction loops outside the tile; parallel over (n, channel tiles, rows); epilogue fused."""
 
-    def is_target_available(self, target: Target) -> bool:
-        return _is_cpu(target)
-
-    def apply(self, func, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
-            return None
+    def schedule(self, func: tirx.PrimFunc, target: Target):
         sch = s_tir.Schedule(func)
         reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
         if not reductions or len(reductions) != 1:
@@ -278,13 +282,8 @@ class CPUConv(ScheduleRule):
         return sch
 
 
-class CPUFallback(ScheduleRule):
-    def is_target_available(self, target: Target) -> bool:
-        return _is_cpu(target)
-
-    def apply(self, func, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
-            return None
+class CPUFallback(_CPURule):
+    def schedule(self, func: tirx.PrimFunc, target: Target):
         sch = s_tir.Schedule(func)
         _schedule_remaining(sch, target, skip=set())
         return sch
