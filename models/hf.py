@@ -122,3 +122,33 @@ def mixtral(layers: int = 1, hidden: int = 64, experts: int = 4, top_k: int = 2,
                                         max_position_embeddings=256, attn_implementation="eager",
                                         experts_implementation=experts_implementation)
     return _decoder_export(transformers.MixtralForCausalLM(config), 2, 8)
+
+
+def qwen2_moe(layers: int = 1, hidden: int = 64, experts: int = 8, top_k: int = 2, ffn: int = 64,
+              shared_ffn: int = 128, norm_topk_prob: bool = False, seed: int = 0,
+              experts_implementation: str = "batched_mm") -> onnx.ModelProto:
+    """A small Qwen2-MoE decoder: routed experts (softmax, top-k, optionally renormalised) plus a
+    sigmoid-gated shared expert."""
+    torch, transformers = _torch()
+    torch.manual_seed(seed)
+    config = transformers.Qwen2MoeConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=shared_ffn,
+                                         moe_intermediate_size=ffn, shared_expert_intermediate_size=shared_ffn,
+                                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                         num_experts=experts, num_experts_per_tok=top_k, norm_topk_prob=norm_topk_prob,
+                                         max_position_embeddings=256, attn_implementation="eager",
+                                         experts_implementation=experts_implementation)
+    return _decoder_export(transformers.Qwen2MoeForCausalLM(config), 2, 8)
+
+
+def qwen3_moe(layers: int = 1, hidden: int = 64, experts: int = 8, top_k: int = 2, ffn: int = 64,
+              norm_topk_prob: bool = True, seed: int = 0, experts_implementation: str = "batched_mm") -> onnx.ModelProto:
+    """A small Qwen3-MoE decoder (routed experts only, renormalised top-k)."""
+    torch, transformers = _torch()
+    torch.manual_seed(seed)
+    config = transformers.Qwen3MoeConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=4 * hidden,
+                                         moe_intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=4,
+                                         num_key_value_heads=2, head_dim=hidden // 4, num_experts=experts,
+                                         num_experts_per_tok=top_k, norm_topk_prob=norm_topk_prob,
+                                         max_position_embeddings=256, attn_implementation="eager",
+                                         experts_implementation=experts_implementation)
+    return _decoder_export(transformers.Qwen3MoeForCausalLM(config), 2, 8)

@@ -8,6 +8,7 @@ Layout (``x[T, H]``, E experts, FFN width F):
     top-k: softmax before (probabilities) or after (over the k logits), optional renormalisation
     gate = ScatterElements(zeros[T, E], idx, weights, axis=1)
     h = act(x @ W1 + b1)                          W1 [E, H, F] (batched MatMul): [E, T, F]
+      gated (SwiGLU-style): u = x @ W1 + b1, W1 [E, H, 2F]; h = act(u[..., :F]) * u[..., F:]
     y = h @ W2 + b2                               W2 [E, F, H]: [E, T, H]
     out = ReduceSum(y * Unsqueeze(Transpose(gate)), axis 0)   [T, H]
 """
@@ -23,7 +24,7 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 
 def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: int = 2, *, tokens: "int | str" = "tokens",
                      activation: str = "relu", softmax: str = "before", normalize: bool = True, layers: int = 1,
-                     seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+                     gated: bool = False, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     if activation not in ACTIVATIONS or softmax not in ("before", "after"):
         raise ValueError(f"activation in {ACTIVATIONS}, softmax in ('before', 'after')")
     rng = np.random.default_rng(seed)
@@ -46,8 +47,9 @@ def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: 
         p = f"l{layer}_"
         wr = const(p + "wr", (rng.standard_normal((hidden, experts)) / np.sqrt(hidden)).astype(np.float32))
         br = const(p + "br", (0.1 * rng.standard_normal(experts)).astype(np.float32))
-        w1 = const(p + "w1", (rng.standard_normal((experts, hidden, ffn)) / np.sqrt(hidden)).astype(np.float32))
-        b1 = const(p + "b1", (0.1 * rng.standard_normal((experts, 1, ffn))).astype(np.float32))
+        width1 = 2 * ffn if gated else ffn
+        w1 = const(p + "w1", (rng.standard_normal((experts, hidden, width1)) / np.sqrt(hidden)).astype(np.float32))
+        b1 = const(p + "b1", (0.1 * rng.standard_normal((experts, 1, width1))).astype(np.float32))
         w2 = const(p + "w2", (rng.standard_normal((experts, ffn, hidden)) / np.sqrt(ffn)).astype(np.float32))
         b2 = const(p + "b2", (0.1 * rng.standard_normal((experts, 1, hidden))).astype(np.float32))
         logits = node("Add", [node("MatMul", [current, wr], p + "router_mm"), br], p + "logits")
@@ -61,13 +63,19 @@ def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: 
             weights = node("Div", [weights, total], p + "top_norm")
         zeros = node("Mul", [logits, const(p + "zero", np.zeros((), np.float32))], p + "zeros")
         gate = node("ScatterElements", [zeros, p + "top_idx", weights], p + "gate", axis=1)
-        h = node("Add", [node("MatMul", [current, w1], p + "mm1"), b1], p + "h_pre")
+        h = u = node("Add", [node("MatMul", [current, w1], p + "mm1"), b1], p + "h_pre")
+        if gated:
+            cuts = [const(p + f"cut{i}", np.array([b], np.int64)) for i, b in enumerate((0, ffn, 2 * ffn, 2))]
+            h = node("Slice", [u, cuts[0], cuts[1], cuts[3]], p + "gate_half")
+            up = node("Slice", [u, cuts[1], cuts[2], cuts[3]], p + "up_half")
         if activation == "relu":
             h = node("Relu", [h], p + "h")
         elif activation == "gelu":
             h = node("Gelu", [h], p + "h") if opset >= 20 else _gelu(node, h, p, const)
         else:
             h = node("Mul", [h, node("Sigmoid", [h], p + "sig")], p + "h")
+        if gated:
+            h = node("Mul", [h, up], p + "h_gated")
         y = node("Add", [node("MatMul", [h, w2], p + "mm2"), b2], p + "y")
         gate_e = node("Unsqueeze", [node("Transpose", [gate], p + "gate_t", perm=[1, 0]), "axes2"], p + "gate_e")
         current = node("ReduceSum", [node("Mul", [y, gate_e], p + "weighted"), "axes0"], p + "out", keepdims=0)

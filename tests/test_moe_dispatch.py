@@ -30,6 +30,19 @@ def test_dispatch_is_exact_and_fires(activation, softmax, normalize, k, rng):
     assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 32)).astype(np.float32)})
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+def test_gated_experts_dispatch_exactly(activation, rng):
+    model = dense_masked_moe(32, 40, 8, 2, activation=activation, gated=True, layers=2, seed=3)  # symbolic tokens
+    compiled = sparsec.compile(model)
+    assert compiled.report["rewrites"] == {"moe-dispatch": 2}
+    found = compiled.report["details"]["moe-dispatch"]["moe"]
+    assert [(m["gated"], m["activation"]) for m in found] == [(True, activation)] * 2
+    for tokens in (1, 7):
+        assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 32)).astype(np.float32)})
+    graph, _ = dispatched(model)  # the gated op decomposes back to ONNX that ORT runs
+    assert_matches_ort(sparsec.compile(graph, backend="ort"), model, {"x": rng.standard_normal((3, 32)).astype(np.float32)})
+
+
 @pytest.mark.parametrize("tokens", [1, 3, 16])
 def test_token_counts_and_identical_tokens(tokens, rng):
     model = dense_masked_moe(32, 64, 16, 2, tokens=tokens, seed=2)
@@ -71,7 +84,7 @@ def test_a_gate_scattered_into_non_zeros_is_not_rewritten(rng):
     assert_matches_ort(compiled, model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
 
 
-def contrib_moe(activation, normalize, experts=8, hidden=32, ffn=64, tokens=5, k=2, seed=0):
+def contrib_moe(activation, normalize, experts=8, hidden=32, ffn=64, tokens=5, k=2, seed=0, gated=False):
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -79,13 +92,17 @@ def contrib_moe(activation, normalize, experts=8, hidden=32, ffn=64, tokens=5, k
     fc2 = (rng.standard_normal((experts, hidden, ffn)) / 8).astype(np.float32)
     b1 = rng.standard_normal((experts, ffn)).astype(np.float32)
     b2 = rng.standard_normal((experts, hidden)).astype(np.float32)
-    node = helper.make_node("MoE", ["x", "router", "fc1", "b1", "fc2", "b2"], ["y"], domain="com.microsoft", k=k,
+    fc3 = (rng.standard_normal((experts, ffn, hidden)) / 6).astype(np.float32)
+    b3 = rng.standard_normal((experts, ffn)).astype(np.float32)
+    names = ["x", "router", "fc1", "b1", "fc2", "b2"] + (["fc3", "b3"] if gated else [])
+    node = helper.make_node("MoE", names, ["y"], domain="com.microsoft", k=k,
                             activation_type=activation, normalize_routing_weights=normalize)
     graph = helper.make_graph(
         [node], "contrib_moe",
         [helper.make_tensor_value_info("x", 1, [tokens, hidden]), helper.make_tensor_value_info("router", 1, [tokens, experts])],
         [helper.make_tensor_value_info("y", 1, [tokens, hidden])],
-        [numpy_helper.from_array(a, n) for a, n in ((fc1, "fc1"), (b1, "b1"), (fc2, "fc2"), (b2, "b2"))])
+        [numpy_helper.from_array(a, n) for a, n in ((fc1, "fc1"), (b1, "b1"), (fc2, "fc2"), (b2, "b2"), (fc3, "fc3"),
+                                                    (b3, "b3")) if n in names])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
@@ -94,7 +111,8 @@ def contrib_moe(activation, normalize, experts=8, hidden=32, ffn=64, tokens=5, k
 def test_com_microsoft_moe_compiles_and_matches_ort(activation, normalize, rng):
     model = contrib_moe(activation, normalize)
     compiled = sparsec.compile(model)
-    assert compiled.report["rewrites"] == {"moe-dispatch.contrib": 1}
+    assert compiled.report["rewrites"] == {"moe-dispatch": 1}
+    assert compiled.report["details"]["moe-dispatch"]["moe"][0]["layout"] == "com.microsoft.MoE"
     feeds = {"x": rng.standard_normal((5, 32)).astype(np.float32), "router": rng.standard_normal((5, 8)).astype(np.float32)}
     assert_matches_ort(compiled, model, feeds)
 
@@ -105,3 +123,9 @@ def test_com_microsoft_moe_with_an_unsupported_activation_is_refused_clearly():
         sparsec.compile(model)
     graph, report = dispatched(model)
     assert "activation_type 'gelu'" in report["notes"]["moe-dispatch"][0]
+
+
+def test_com_microsoft_moe_with_fc3_is_refused_with_the_reason():
+    graph, report = dispatched(contrib_moe("silu", 1, gated=True))  # ORT's CPU kernel refuses fc3 too
+    assert report["rewrites"] == {}
+    assert "fc3" in report["notes"]["moe-dispatch"][0] and "no reference" in report["notes"]["moe-dispatch"][0]

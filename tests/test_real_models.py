@@ -32,13 +32,28 @@ def test_transformer_matches_ort(name, batch, seq, rng):
     assert_matches_ort(compiled, model, token_feeds(rng, batch, seq))
 
 
-def test_mixtral_moe_matches_ort(rng):
-    model = exported("mixtral")
+@functools.cache
+def exported_moe(name: str, top_k: int) -> onnx.ModelProto:
+    return getattr(hf, name)(top_k=top_k)
+
+
+@pytest.mark.parametrize("name, top_k", [("mixtral", 2), ("mixtral", 1), ("qwen2_moe", 2), ("qwen3_moe", 2)])
+def test_hf_batched_mm_moe_dispatches_and_matches_ort(name, top_k, rng):
+    """transformers' batched_mm experts (every token's expert weights gathered per slot) become
+    sparsec.MoE dispatch; outputs equal ORT's on the original file, also when every token routes
+    to the same experts and for a single token."""
+    model = exported_moe(name, top_k)
     compiled = sparsec.compile(model, dims={"batch": 2, "sequence": 8})
+    assert compiled.report["rewrites"].get("moe-dispatch") == 1
+    (found,) = compiled.report["details"]["moe-dispatch"]["moe"]
+    assert (found["layout"], found["k"], found["gated"], found["activation"]) == ("batched_mm", top_k, True, "silu")
     feeds = token_feeds(rng, 2, 8)
     assert_matches_ort(compiled, model, feeds)
     feeds["input_ids"][:] = 7  # every token the same: all routed to the same experts
     assert_matches_ort(compiled, model, feeds)
+    single = sparsec.compile(model, dims={"batch": 1, "sequence": 1})
+    assert single.report["rewrites"].get("moe-dispatch") == 1
+    assert_matches_ort(single, model, {"input_ids": np.array([[11]], np.int64), "attention_mask": np.ones((1, 1), np.int64)})
 
 
 def test_trained_cnn_from_pypi_matches_ort(rng):

@@ -1,5 +1,6 @@
-"""Constant folding: evaluate nodes whose inputs are all constants, and Shape / Size of values
-whose shape is static. Uses onnx's reference evaluator, so every standard op folds the same way
+"""Constant folding: evaluate nodes whose inputs are all constants, Shape / Size of values whose
+shape is static, and Gather / Slice picking only the static dims out of a partly symbolic Shape
+(exporters compute ``k`` or ``hidden`` from ``Shape(x)[-1]`` next to a symbolic batch). Uses onnx's reference evaluator, so every standard op folds the same way
 ONNX defines it. Results larger than ``max_elements`` are left unfolded (they would bloat the
 model); random and stateful ops never fold."""
 
@@ -43,6 +44,8 @@ def _evaluate(node: Node, max_elements: int) -> list[np.ndarray] | None:
     if node.op_type == "Size":
         shape = _static_shape(node.inputs[0])
         return None if shape is None else [np.array(int(np.prod(shape)), np.int64)]
+    if node.op_type in ("Gather", "Slice") and node.inputs[0].const is None:
+        return _fold_static_dims(node)
     if not all(v is None or v.const is not None for v in node.inputs):
         return None
     if not node.inputs or sum(v.const.size for v in node.inputs if v is not None) > max_elements:
@@ -74,9 +77,34 @@ def _fold_shape(node: Node) -> list[np.ndarray] | None:
     return [np.array(shape[start:end], np.int64)]
 
 
-def _run_reference(node: Node) -> list[np.ndarray]:
-    names = [f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
-    inputs = [numpy_helper.from_array(np.asarray(v.const), n) for n, v in zip(names, node.inputs) if v is not None]
+def _fold_static_dims(node: Node) -> list[np.ndarray] | None:
+    """``Gather`` / ``Slice`` of ``Shape(x)`` that selects only dims of x known statically: run the op
+    on the dim positions, then read the selected dims off x's type."""
+    shape_node = node.inputs[0].producer
+    if shape_node is None or shape_node.op_type != "Shape" or shape_node.domain not in ("", "ai.onnx"):
+        return None
+    t = shape_node.inputs[0].type
+    if not isinstance(t, TensorType) or t.shape is None:
+        return None
+    if not all(v is None or v.const is not None for v in node.inputs[1:]):
+        return None
+    rank = len(t.shape)
+    start, end = shape_node.attr("start", 0), shape_node.attr("end", rank)
+    dims = list(t.shape)[slice(start, end)]
+    positions = np.arange(len(dims), dtype=np.int64)
+    try:
+        (picked,) = _run_reference(node, [positions] + [None if v is None else v.const for v in node.inputs[1:]])
+    except Exception:
+        return None
+    if not all(isinstance(dims[int(i)], int) for i in np.ravel(picked)):
+        return None
+    return [np.vectorize(lambda i: dims[int(i)], otypes=[np.int64])(picked).astype(np.int64).reshape(picked.shape)]
+
+
+def _run_reference(node: Node, consts: list | None = None) -> list[np.ndarray]:
+    consts = [None if v is None else v.const for v in node.inputs] if consts is None else consts
+    names = [f"in{i}" if c is not None else "" for i, c in enumerate(consts)]
+    inputs = [numpy_helper.from_array(np.asarray(c), n) for n, c in zip(names, consts) if c is not None]
     outs = [f"out{i}" for i in range(len(node.outputs))]
     proto = helper.make_node(node.op_type, names, outs)
     writer = _GraphWriter(True, False)

@@ -3,8 +3,10 @@
 Inputs: x ``[T, H]``, router logits ``[T, E]``, W1 ``[E, H, F]``, b1 ``[E, F]``, W2 ``[E, F, H]``,
 b2 ``[E, H]``. Attributes: ``k``; ``activation`` (relu | gelu | silu); ``softmax``: ``before`` (top-k
 of the softmax probabilities, renormalised over the k when ``normalize``=1) or ``after`` (softmax
-over the k largest logits). Output ``[T, H]``:
+over the k largest logits); ``gated`` (0 | 1). Output ``[T, H]``:
 ``out[t] = sum_j weight[t, j] * (act(x[t] @ W1[e] + b1[e]) @ W2[e] + b2[e])``, ``e = top[t, j]``.
+Gated experts (SwiGLU and kin: Mixtral, Qwen-MoE) hold ``W1 [E, H, 2F]``, ``b1 [E, 2F]``: with
+``u = x[t] @ W1[e] + b1[e]``, the hidden layer is ``act(u[:F]) * u[F:]``.
 
 The decomposition is the dense-masked computation (every expert, multiplied by a scattered gate),
 so ONNX Runtime checks the dispatch against the same semantics.
@@ -47,15 +49,16 @@ def _decompose(node: Node) -> None:
     b1e = g.add_constant(b1.const[:, None, :], node.name + "_b1e")
     b2e = g.add_constant(b2.const[:, None, :], node.name + "_b2e")
     h = add("Add", [add("MatMul", [x, w1]).outputs[0], b1e]).outputs[0]
-    if act == "relu":
-        h = add("Relu", [h]).outputs[0]
-    elif act == "gelu":
-        half = g.add_constant(np.array(0.5, np.float32), node.name + "_half")
-        inv = g.add_constant(np.array(1 / np.sqrt(2), np.float32), node.name + "_inv_sqrt2")
-        erf = add("Erf", [add("Mul", [h, inv]).outputs[0]]).outputs[0]
-        h = add("Mul", [h, add("Mul", [add("Add", [erf, g.add_constant(np.array(1.0, np.float32), node.name + "_one")]).outputs[0], half]).outputs[0]]).outputs[0]
+    if node.attr("gated", 0):
+        width = w1.const.shape[2] // 2
+
+        def cut(start, stop):
+            bounds = [g.add_constant(np.array([b], np.int64), f"{node.name}_{b}") for b in (start, stop, 2)]
+            return add("Slice", [h] + bounds).outputs[0]
+
+        h = add("Mul", [_activate(add, g, node.name, act, cut(0, width)), cut(width, 2 * width)]).outputs[0]
     else:
-        h = add("Mul", [h, add("Sigmoid", [h]).outputs[0]]).outputs[0]
+        h = _activate(add, g, node.name, act, h)
     y = add("Add", [add("MatMul", [h, w2]).outputs[0], b2e]).outputs[0]
     axes2 = g.add_constant(np.array([2], np.int64), node.name + "_axes2")
     axes0 = g.add_constant(np.array([0], np.int64), node.name + "_axes0")
@@ -64,6 +67,18 @@ def _decompose(node: Node) -> None:
     out.type = node.outputs[0].type
     node.outputs[0].replace_all_uses_with(out)
     g.remove_node(node)
+
+
+def _activate(add, g, name: str, act: str, h):
+    if act == "relu":
+        return add("Relu", [h]).outputs[0]
+    if act == "gelu":
+        half = g.add_constant(np.array(0.5, np.float32), name + "_half")
+        inv = g.add_constant(np.array(1 / np.sqrt(2), np.float32), name + "_inv_sqrt2")
+        one = g.add_constant(np.array(1.0, np.float32), name + "_one")
+        erf = add("Erf", [add("Mul", [h, inv]).outputs[0]]).outputs[0]
+        return add("Mul", [h, add("Mul", [add("Add", [erf, one]).outputs[0], half]).outputs[0]]).outputs[0]
+    return add("Mul", [h, add("Sigmoid", [h]).outputs[0]]).outputs[0]
 
 
 MOE = register_op(OpDef("MoE", _infer, _decompose, __doc__))

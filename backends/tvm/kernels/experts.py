@@ -7,6 +7,8 @@ PrimFunc then does the rest with no Python in between:
    position (serial: T x k small integers);
 2. ``h[pos] = act(x[token] @ W1[e] + b1[e])`` for each active expert's positions, in MR-row
    register tiles, parallel over column tiles of F (positions are unique: no write conflicts);
+   gated experts pack each gate column tile next to its "up" tile, so one register tile of twice
+   the width computes both and the epilogue multiplies ``act(gate) * up``;
 3. ``y[token] += weight * (h[pos] @ W2[e] + b2[e])``, parallel over column tiles of H, so the k
    contributions to one token land in the same task, in order.
 
@@ -26,8 +28,13 @@ from ..lower import register_lowering
 MR = 4  # token rows per register tile
 
 
-def _tile(extent: int) -> int:
-    return next(t for t in (64, 32, 16, 8, 4, 2, 1) if extent % t == 0)
+def _tile(extent: int, widest: int = 64) -> int:
+    return next(t for t in (64, 32, 16, 8, 4, 2, 1) if t <= widest and extent % t == 0)
+
+
+def _ffn_tile(ffn: int, gated: bool) -> int:
+    """Columns of F per register tile: a gated tile holds gate and up columns, so half as many."""
+    return _tile(ffn, 32 if gated else 64)
 
 
 def _activation(name: str):
@@ -40,17 +47,23 @@ def _activation(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: str):
+def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: str, gated: bool = False):
     """``tokens``: an int, or a ``tirx.Var`` for a symbolic token count (``s_tir=True`` keeps the
-    buffers free of the layouts TVM 0.27 would rebuild with a fresh copy of the variable)."""
+    buffers free of the layouts TVM 0.27 would rebuild with a fresh copy of the variable).
+    ``ffn`` is F, the width of the hidden layer (W1 holds 2F columns when ``gated``)."""
     act = _activation(activation)
     pairs = tokens * k
-    ft, ht = _tile(ffn), _tile(hidden)
+    ft, ht = _ffn_tile(ffn, gated), _tile(hidden)
+    wt = 2 * ft if gated else ft  # W1 columns per packed panel
+    width1 = 2 * ffn if gated else ffn
+
+    def hidden_value(acc, i, f):
+        return act(acc[i, f]) * acc[i, ft + f] if gated else act(acc[i, f])
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(x: T.Buffer((tokens, hidden), "float32"), idx: T.Buffer((tokens, k), "int32"),
-               gate: T.Buffer((tokens, k), "float32"), w1: T.Buffer((experts, ffn // ft, hidden, ft), "float32"),
-               b1: T.Buffer((experts, ffn), "float32"), w2: T.Buffer((experts, hidden // ht, ffn, ht), "float32"),
+               gate: T.Buffer((tokens, k), "float32"), w1: T.Buffer((experts, ffn // ft, hidden, wt), "float32"),
+               b1: T.Buffer((experts, width1), "float32"), w2: T.Buffer((experts, hidden // ht, ffn, ht), "float32"),
                b2: T.Buffer((experts, hidden), "float32"), y: T.Buffer((tokens, hidden), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         offsets = T.alloc_buffer((experts + 1,), "int32")
@@ -72,19 +85,19 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
             fill[idx[t, j]] = fill[idx[t, j]] + 1
         # 2. first layer of the active experts, parallel over column tiles of F
         for fo in T.parallel(ffn // ft):
-            acc = T.decl_buffer((MR, ft), "float32", scope="local")
+            acc = T.decl_buffer((MR, wt), "float32", scope="local")
             for e in range(experts):
                 for g in range((offsets[e + 1] - offsets[e] + MR - 1) // MR):
                     for i in T.unroll(MR):
-                        for f in T.vectorized(ft):
-                            acc[i, f] = b1[e, fo * ft + f]
+                        for f in T.vectorized(wt):
+                            acc[i, f] = b1[e, fo * wt + f]
                     for c in range(hidden):
                         for i in T.unroll(MR):
-                            for f in T.vectorized(ft):
+                            for f in T.vectorized(wt):
                                 acc[i, f] = acc[i, f] + x[token_at[T.min(offsets[e] + g * MR + i, offsets[e + 1] - 1)], c] * w1[e, fo, c, f]
                     for i in range(T.min(MR, offsets[e + 1] - offsets[e] - g * MR)):
                         for f in T.vectorized(ft):
-                            h[offsets[e] + g * MR + i, fo * ft + f] = act(acc[i, f])
+                            h[offsets[e] + g * MR + i, fo * ft + f] = hidden_value(acc, i, f)
         # 3. second layer, weighted, scattered back to token order; parallel over tiles of H
         for ho in T.parallel(hidden // ht):
             acc2 = T.decl_buffer((MR, ht), "float32", scope="local")
@@ -113,6 +126,7 @@ def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
     x, logits, w1, b1, w2, b2 = inputs[:6]
     k = int(node.attr("k"))
     experts, ffn, hidden = node.input(4).const.shape
+    gated = bool(node.attr("gated", 0))
     count = x.ty.shape.values[0]
     static = isinstance(count, tvm.tirx.IntImm)
     tokens = int(count) if static else tvm.tirx.Var("tokens", "int64")
@@ -125,17 +139,24 @@ def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
         top = bb.normalize(relax.op.topk(logits, k, axis=-1, dtype="int32"))
         weights = bb.normalize(relax.op.nn.softmax(bb.normalize(relax.TupleGetItem(top, 0)), axis=-1))
     idx = bb.normalize(relax.TupleGetItem(top, 1))
-    kernel = bb.add_func(moe_kernel(tokens, int(hidden), int(ffn), int(experts), k, node.attr("activation")),
-                         f"moe_{tokens if static else 'dyn'}x{hidden}_e{experts}_f{ffn}_k{k}_{node.attr('activation')}")
-    w1p, w2p = (relax.const(a) for a in pack_expert_weights(node.input(2).const, node.input(4).const))
-    return relax.call_tir(kernel, [x, idx, weights, w1p, b1, w2p, b2], relax.TensorType([count, int(hidden)], "float32"))
+    activation = node.attr("activation")
+    kernel = bb.add_func(moe_kernel(tokens, int(hidden), int(ffn), int(experts), k, activation, gated),
+                         f"moe_{tokens if static else 'dyn'}x{hidden}_e{experts}_f{ffn}_k{k}_{activation}{'_gated' * gated}")
+    w1p, b1p, w2p = pack_expert_weights(node.input(2).const, node.input(3).const, node.input(4).const, gated)
+    return relax.call_tir(kernel, [x, idx, weights, relax.const(w1p), relax.const(b1p), relax.const(w2p), b2],
+                          relax.TensorType([count, int(hidden)], "float32"))
 
 
-def pack_expert_weights(w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pack_expert_weights(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, gated: bool = False):
     """W1 [E, H, F] -> [E, F/ft, H, ft] and W2 [E, F, H] -> [E, H/ht, F, ht]: each (expert,
-    column tile) panel the kernel streams is contiguous (done once, at compile time)."""
-    experts, hidden, ffn = w1.shape
-    ft, ht = _tile(ffn), _tile(hidden)
-    w1p = w1.reshape(experts, hidden, ffn // ft, ft).transpose(0, 2, 1, 3)
+    column tile) panel the kernel streams is contiguous (done once, at compile time). Gated W1
+    [E, H, 2F] -> [E, F/ft, H, 2ft]: gate tile, then the matching up tile; b1 follows W1's order."""
+    experts, ffn, hidden = w2.shape
+    ft, ht = _ffn_tile(ffn, gated), _tile(hidden)
+    halves = 2 if gated else 1
+    # [E, H, halves, F/ft, ft] -> [E, F/ft, H, halves, ft]
+    w1p = w1.reshape(experts, hidden, halves, ffn // ft, ft).transpose(0, 3, 1, 2, 4)
+    b1p = b1.reshape(experts, halves, ffn // ft, ft).transpose(0, 2, 1, 3)
     w2p = w2.reshape(experts, ffn, hidden // ht, ht).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(w1p), np.ascontiguousarray(w2p)
+    return (np.ascontiguousarray(w1p).reshape(experts, ffn // ft, hidden, halves * ft),
+            np.ascontiguousarray(b1p).reshape(experts, halves * ffn), np.ascontiguousarray(w2p))

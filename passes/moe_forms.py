@@ -1,0 +1,294 @@
+"""The MoE forms ``moe-dispatch`` recognises, each a function from its anchor node to a
+``MoEMatch`` (or ``Mismatch`` with the reason):
+
+- ``dense_masked``: every expert evaluated over stacked weights, multiplied by a top-k gate
+  scattered into zeros, summed (hand-written MoEs; ``sparsec.models.moe_layers``). Anchor: the
+  ``ReduceSum`` over the expert axis.
+- ``batched_mm``: transformers' ``batched_mm`` experts (Mixtral, Qwen2-MoE, Qwen3-MoE): each
+  token repeated k times, the chosen experts' weights gathered per (token, slot), batched
+  MatMuls, weighted, summed over the k slots. Anchor: the ``ReduceSum`` over the slots.
+- ``contrib``: ONNX Runtime's ``com.microsoft.MoE`` op (TVM has no converter for it).
+
+Each condition that makes the rewrite exact is checked here, from the graph's structure and its
+inferred shapes; what cannot be proven is a ``Mismatch``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.ir.graph import Node, Value
+
+from .moe_match import (Mismatch, MoEMatch, const, expert_bias, ints, match_activation, match_router, producer,
+                        shape_of)
+
+
+def match_hidden(h: Value) -> tuple[str, Value, bool]:
+    """The expert hidden layer: ``act(u[..., :F]) * u[..., F:]`` (gated) or ``act(u)``; returns
+    (activation, u, gated)."""
+    node = h.producer
+    if node is not None and node.op_type == "Mul":
+        for a, b in ((node.input(0), node.input(1)), (node.input(1), node.input(0))):
+            try:
+                activation, gate = match_activation(a)
+            except Mismatch:
+                continue
+            gate_half, up_half = _half_of(gate), _half_of(b)
+            if gate_half and up_half and gate_half[0] is up_half[0] and (gate_half[1], up_half[1]) == (0, 1):
+                return activation, gate_half[0], True
+    activation, pre = match_activation(h)
+    return activation, pre, False
+
+
+def _half_of(value: Value) -> tuple[Value, int] | None:
+    """(u, 0) for ``u[..., :W/2]``, (u, 1) for ``u[..., W/2:]`` (static last dim W), else None."""
+    node = value.producer
+    if node is None or node.op_type != "Slice" or any(v is not None and v.const is None for v in node.inputs[1:]):
+        return None
+    shape = shape_of(node.input(0))
+    if shape is None or not isinstance(shape[-1], int) or shape[-1] % 2:
+        return None
+    rank, width = len(shape), shape[-1]
+    starts, ends = ints(node, 1, "starts"), ints(node, 2, "ends")
+    axes = ints(node, 3, "axes") or list(range(len(starts)))
+    steps = ints(node, 4, "steps") or [1] * len(starts)
+    if len(starts) != 1 or axes[0] % rank != rank - 1 or steps != [1]:
+        return None
+    start, end = (min(max(b + width if b < 0 else b, 0), width) for b in (starts[0], ends[0]))
+    half = width // 2
+    return {(0, half): (node.input(0), 0), (half, width): (node.input(0), 1)}.get((start, end))
+
+
+def _check_hidden_width(w1: np.ndarray, w2: np.ndarray, gated: bool) -> None:
+    experts, ffn, hidden = w2.shape
+    if w1.shape != (experts, hidden, 2 * ffn if gated else ffn):
+        raise Mismatch(f"expert weights {list(w1.shape)} and {list(w2.shape)} are not [E, H, {'2F' if gated else 'F'}]"
+                       " and [E, F, H]")
+    if w1.dtype != np.float32 or w2.dtype != np.float32:
+        raise Mismatch("expert weights are not float32")
+
+
+# --- dense-masked ---------------------------------------------------------------------------
+
+def dense_masked(reduce: Node) -> MoEMatch:
+    """``ReduceSum_0(Mul(y, Unsqueeze(Transpose(gate))))`` with ``y = hidden(x @ W1 + b1) @ W2 + b2``
+    over stacked ``W1 [E, H, F]``, ``W2 [E, F, H]`` and ``gate = ScatterElements(zeros, idx,
+    weights, axis=1)`` from the router's TopK.
+
+    Exact: the skipped terms are ``0 * y_e``, zero for every finite ``y_e`` (an expert producing
+    inf or NaN for a token that did not choose it would turn ORT's sum into NaN; sparsec's stays
+    finite)."""
+    if ints(reduce, 1, "axes") != [0] or reduce.attr("keepdims", 1) != 0:
+        raise Mismatch("the sum is not over axis 0 with keepdims=0")
+    mul = producer(reduce.input(0), "Mul")
+    for y_value, gate_value in ((mul.input(0), mul.input(1)), (mul.input(1), mul.input(0))):
+        try:
+            gate_node = producer(gate_value, "Unsqueeze")
+            break
+        except Mismatch:
+            continue
+    else:
+        raise Mismatch("no gate (Unsqueeze(Transpose(gate))) multiplies the expert outputs")
+    if ints(gate_node, 1, "axes") != [2]:
+        raise Mismatch("the gate is not unsqueezed on axis 2")
+    transpose = producer(gate_node.input(0), "Transpose")
+    if list(transpose.attr("perm", [])) != [1, 0]:
+        raise Mismatch("the gate is not transposed [1, 0]")
+    scatter = producer(transpose.input(0), "ScatterElements")
+    if scatter.attr("axis", 0) not in (1, -1) or scatter.attr("reduction", "none") not in ("none", b"none"):
+        raise Mismatch("the gate is not scattered along the expert axis without reduction")
+    _check_zeros(scatter.input(0))
+    router = match_router(scatter.input(1), scatter.input(2))
+    mm2, b2 = _matmul_plus_bias(producer(y_value, "Add"))
+    w2 = const(mm2.input(1), "W2")
+    activation, pre, gated = match_hidden(mm2.input(0))
+    mm1, b1 = _matmul_plus_bias(producer(pre, "Add"))
+    w1 = const(mm1.input(1), "W1")
+    if w1.ndim != 3 or w2.ndim != 3:
+        raise Mismatch(f"expert weights {list(w1.shape)} and {list(w2.shape)} are not stacked [E, ...]")
+    _check_hidden_width(w1, w2, gated)
+    experts, hidden, width1 = w1.shape
+    x = mm1.input(0)
+    if shape_of(x) is None or len(shape_of(x)) != 2:
+        raise Mismatch("the experts' input is not [tokens, hidden]")
+    if router["experts"] != experts:
+        raise Mismatch(f"the router scores {router['experts']} experts, the weights hold {experts}")
+    return MoEMatch(x, router["logits"], w1, expert_bias(b1, experts, width1, "b1"), w2,
+                    expert_bias(b2, experts, hidden, "b2"), router["k"], activation, router["softmax"],
+                    router["normalize"], gated, "stacked")
+
+
+def _check_zeros(value: Value) -> None:
+    if value.const is not None:
+        if np.any(value.const != 0):
+            raise Mismatch("the gate is scattered into a non-zero matrix")
+        return
+    node = producer(value, "Mul", "ConstantOfShape")
+    if node.op_type == "ConstantOfShape":
+        fill = node.attr("value")
+        if fill is not None and np.any(np.asarray(fill) != 0):
+            raise Mismatch("the gate is scattered into a non-zero matrix")
+        return
+    zero = next((v for v in node.inputs if v is not None and v.const is not None), None)
+    if zero is None or zero.const.size != 1 or float(zero.const.ravel()[0]) != 0.0:
+        raise Mismatch("the gate is scattered into something not known to be zero")
+
+
+def _matmul_plus_bias(add: Node) -> tuple[Node, np.ndarray]:
+    for mm_value, bias_value in ((add.input(0), add.input(1)), (add.input(1), add.input(0))):
+        if mm_value.producer is not None and mm_value.producer.op_type == "MatMul" and bias_value.const is not None:
+            return mm_value.producer, bias_value.const
+    raise Mismatch(f"{add.name} is not MatMul + constant bias")
+
+
+# --- transformers batched_mm ----------------------------------------------------------------
+
+def batched_mm(reduce: Node) -> MoEMatch:
+    """``ReduceSum_1(Reshape(Mul(y, Unsqueeze(Reshape(weights, [-1]))), [T, k, H]))`` where, per
+    (token, slot) row s = t * k + j: ``y = lin2(hidden(lin1(x[t])))`` and each ``lin`` is a batched
+    MatMul with ``Gather(W, Reshape(ids, [-1]))``, W ``[E, out, in]`` (or ``[E, in, out]``), plus an
+    optional gathered bias; ``x[t]`` repeated k times by ``Tile(Unsqueeze(x, 1), [1, k, 1])``.
+
+    Exact: each row computes the chosen expert on its token, as the dispatch does."""
+    if ints(reduce, 1, "axes") != [1] or reduce.attr("keepdims", 1) != 0:
+        raise Mismatch("the sum is not over axis 1 with keepdims=0")
+    regroup = producer(reduce.input(0), "Reshape")
+    mul = producer(regroup.input(0), "Mul")
+    for y_value, scale in ((mul.input(0), mul.input(1)), (mul.input(1), mul.input(0))):
+        try:
+            weights = _flat_rows(_unsqueezed_last(scale))
+            break
+        except Mismatch:
+            continue
+    else:
+        raise Mismatch("the expert outputs are not multiplied by the flattened gate weights")
+    w2, b2, ids, h = _batched_linear(y_value)
+    activation, pre, gated = match_hidden(h)
+    w1, b1, ids1, rows = _batched_linear(pre)
+    if ids1 is not ids:
+        raise Mismatch("the two expert layers gather weights by different ids")
+    router = match_router(_flat_rows(ids), weights)
+    k, experts = router["k"], w2.shape[0]
+    _check_hidden_width(w1, w2, gated)
+    if router["experts"] != experts:
+        raise Mismatch(f"the router scores {router['experts']} experts, the weights hold {experts}")
+    x = _repeated_rows(rows, k)
+    x_shape, grouped = shape_of(x), shape_of(regroup.outputs[0])
+    hidden = w2.shape[2]
+    if x_shape is None or len(x_shape) != 2 or grouped is None or grouped != [x_shape[0], k, hidden]:
+        raise Mismatch(f"cannot show that the sum regroups the k slots of each token ({grouped} vs "
+                       f"[{x_shape[0] if x_shape else '?'}, {k}, {hidden}])")
+    return MoEMatch(x, router["logits"], w1, expert_bias(b1, experts, w1.shape[2], "b1"), w2,
+                    expert_bias(b2, experts, hidden, "b2"), k, activation, router["softmax"],
+                    router["normalize"], gated, "batched_mm")
+
+
+def _unsqueezed_last(value: Value) -> Value:
+    node = producer(value, "Unsqueeze")
+    if ints(node, 1, "axes") not in ([-1], [1]):
+        raise Mismatch("the gate weights are not unsqueezed on the last axis")
+    return node.input(0)
+
+
+def _flat_rows(value: Value) -> Value:
+    """``Reshape(v, [-1])`` -> v (the [T, k] routing tensor, flattened token-major)."""
+    node = producer(value, "Reshape")
+    target = node.input(1).const if node.input(1) is not None else None
+    source = shape_of(node.input(0))
+    if target is None or list(np.ravel(target)) != [-1] or source is None or len(source) != 2:
+        raise Mismatch("the routing tensor is not flattened from [tokens, k]")
+    return node.input(0)
+
+
+def _batched_linear(value: Value) -> tuple[np.ndarray, np.ndarray | None, Value, Value]:
+    """``Squeeze(MatMul(Gather(W, ids), Unsqueeze(a, -1)), -1)`` (W ``[E, out, in]``) or
+    ``Squeeze(MatMul(Unsqueeze(a, 1), Gather(W, ids)), 1)`` (W ``[E, in, out]``), plus an optional
+    ``Gather(B, ids)``; returns (W as ``[E, in, out]``, B ``[E, out]`` or None, ids, a)."""
+    bias, bias_ids = None, None
+    node = value.producer
+    if node is not None and node.op_type == "Add":
+        for lin, other in ((node.input(0), node.input(1)), (node.input(1), node.input(0))):
+            if other.producer is not None and other.producer.op_type == "Gather" and other.producer.input(0).const is not None:
+                bias, bias_ids, value = other.producer.input(0).const, other.producer.input(1), lin
+                break
+        else:
+            raise Mismatch("an expert layer adds something other than a gathered bias")
+    squeeze = producer(value, "Squeeze")
+    mm = producer(squeeze.input(0), "MatMul")
+    left, right = mm.input(0), mm.input(1)
+    if left.producer is not None and left.producer.op_type == "Gather":
+        gather, vector, vector_axis, squeeze_axes, transpose = left.producer, right, ([-1], [2]), ([-1], [2]), True
+    else:
+        gather, vector, vector_axis, squeeze_axes, transpose = producer(right, "Gather"), left, ([1],), ([1],), False
+    if gather.attr("axis", 0) != 0:
+        raise Mismatch("expert weights are not gathered along the expert axis")
+    weights = const(gather.input(0), "the gathered expert weights")
+    unsqueeze = producer(vector, "Unsqueeze")
+    if weights.ndim != 3 or ints(unsqueeze, 1, "axes") not in vector_axis or ints(squeeze, 1, "axes") not in squeeze_axes:
+        raise Mismatch("the batched MatMul is not a per-row vector-matrix product over [E, out, in] weights")
+    ids = gather.input(1)
+    if bias_ids is not None and bias_ids is not ids:
+        raise Mismatch("an expert bias is gathered by other ids than its weights")
+    w = np.ascontiguousarray(weights.transpose(0, 2, 1)) if transpose else weights
+    return w, bias, ids, unsqueeze.input(0)
+
+
+def _repeated_rows(rows: Value, k: int) -> Value:
+    """x from ``Flatten(Tile(Unsqueeze(x, 1), [1, k, 1]), 2)`` (or Reshape to [-1, H]): each token
+    repeated k times, token-major, as ``repeat_interleave`` exports; top-1 may use x itself."""
+    node = rows.producer
+    if k == 1 and (node is None or node.op_type not in ("Flatten", "Reshape")):
+        return rows
+    node = producer(rows, "Flatten", "Reshape")
+    if node.op_type == "Flatten" and node.attr("axis", 1) != 2:
+        raise Mismatch("the repeated tokens are not flattened at axis 2")
+    if node.op_type == "Reshape" and (node.input(1).const is None or list(np.ravel(node.input(1).const))[:1] != [-1]
+                                      or len(np.ravel(node.input(1).const)) != 2):
+        raise Mismatch("the repeated tokens are not reshaped to [-1, hidden]")
+    tile = producer(node.input(0), "Tile")
+    repeats = const(tile.input(1), "the Tile repeats")
+    if list(np.ravel(repeats)) != [1, k, 1]:
+        raise Mismatch(f"tokens are tiled {list(np.ravel(repeats))}, not [1, {k}, 1]")
+    unsqueeze = producer(tile.input(0), "Unsqueeze")
+    if ints(unsqueeze, 1, "axes") != [1]:
+        raise Mismatch("tokens are not unsqueezed on axis 1 before the Tile")
+    return unsqueeze.input(0)
+
+
+# --- com.microsoft.MoE ----------------------------------------------------------------------
+
+# com.microsoft.MoE activation_type -> sparsec.MoE activation, checked against ORT's CPU kernel (its "gelu"
+# differs from erf-GELU by ~4e-4: not the same function, so it is not rewritten).
+_CONTRIB_ACTIVATIONS = {"relu": "relu", "silu": "silu"}
+
+
+def contrib(node: Node) -> MoEMatch:
+    """ONNX Runtime's ``com.microsoft.MoE``: softmax before top-k; expert weights stored ``[E, out, in]``."""
+    act = node.attr("activation_type", "relu")
+    if isinstance(act, bytes):
+        act = act.decode()
+    if act not in _CONTRIB_ACTIVATIONS:
+        raise Mismatch(f"activation_type {act!r} has no kernel yet (supported: {', '.join(_CONTRIB_ACTIVATIONS)})")
+    if node.attr("use_sparse_mixer", 0):
+        raise Mismatch("use_sparse_mixer routing is not supported")
+    fc1, fc2 = const(node.input(2), "fc1_experts_weights"), const(node.input(4), "fc2_experts_weights")
+    if fc1.ndim != 3 or fc2.ndim != 3:
+        raise Mismatch("expert weights are not 3-D constants")
+    experts, ffn, hidden = fc1.shape
+    if fc2.shape != (experts, hidden, ffn):
+        raise Mismatch(f"fc1 {list(fc1.shape)} and fc2 {list(fc2.shape)} are not [E, F, H] and [E, H, F]")
+
+    def optional(index: int, what: str):
+        return const(node.input(index), what) if len(node.inputs) > index and node.input(index) is not None else None
+
+    b1 = expert_bias(optional(3, "fc1_experts_bias"), experts, ffn, "fc1_experts_bias")
+    b2 = expert_bias(optional(5, "fc2_experts_bias"), experts, hidden, "fc2_experts_bias")
+    if optional(6, "fc3_experts_weights") is not None:
+        # The semantics of fc3 (act(fc1 x) * fc3 x, as documented) cannot be checked here: ORT's CPU
+        # kernel refuses it ("FC3 is not implemented for CPU MoE"), and exact rewrites need a reference.
+        raise Mismatch("gated experts (fc3) are not rewritten: ONNX Runtime's CPU kernel does not implement "
+                       "them, so there is no reference to check the rewrite against")
+    w1, w2 = np.ascontiguousarray(fc1.transpose(0, 2, 1)), np.ascontiguousarray(fc2.transpose(0, 2, 1))
+    _check_hidden_width(w1, w2, False)
+    return MoEMatch(node.input(0), node.input(1), w1, b1, w2, b2, int(node.attr("k", 1)), _CONTRIB_ACTIVATIONS[act],
+                    "before", int(node.attr("normalize_routing_weights", 0)), False, "com.microsoft.MoE")
