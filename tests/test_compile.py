@@ -31,6 +31,25 @@ def test_mlp_matches_ort_on_edge_tiles(sizes, activation, rng):
         assert_matches_ort(compiled, model, {"x": rng.standard_normal((rows, sizes[0])).astype(np.float32)})
 
 
+@pytest.mark.parametrize("n", [1000, 36, 30, 80])
+def test_one_token_norm_and_projection(n, rng):
+    """Decoding shapes: an RMSNorm over a single token (reduces to one element) and a one-row
+    MatMul whose width is not a multiple of the vector lanes (vocabulary-sized, odd panels)."""
+    k = 48
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+        helper.make_node("Add", ["ms", "eps"], ["mse"]),
+        helper.make_node("Sqrt", ["mse"], ["rms"]),
+        helper.make_node("Div", ["x", "rms"], ["xn"]),
+        helper.make_node("MatMul", ["xn", "w"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"), numpy_helper.from_array(np.float32(1e-5), "eps"),
+             numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")]
+    model = make(nodes, [f32("x", [1, 1, k])], [f32("y", [1, 1, n])], inits, opset=18)
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((1, 1, k)).astype(np.float32)})
+
+
 def test_attention_block(rng):
     d = 24
     wq = numpy_helper.from_array((rng.standard_normal((d, d)) / 5).astype(np.float32), "wq")

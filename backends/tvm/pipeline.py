@@ -7,6 +7,7 @@ import tvm_ffi
 from tvm import relax, s_tir, topi
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
+from tvm.s_tir.dlight.analysis import get_root_block
 
 from .schedules.cpu import LAYOUT_REWRITE, CPUConv, CPUFallback, CPUMatmul
 
@@ -87,7 +88,7 @@ def split_layout_rewrites() -> tvm.transform.Pass:
 def cpu_schedule_pass():
     # Row-wise reduction chains (softmax, layer norm) go to dlight's CPU Reduction rule: one
     # parallel loop over rows with every block computed at it, instead of a pass per block.
-    return dlight.ApplyDefaultSchedule(CPUMatmul(), CPUConv(), _Guarded(dlight.cpu.Reduction()), CPUFallback())
+    return dlight.ApplyDefaultSchedule(CPUMatmul(), CPUConv(), _RowReduction(dlight.cpu.Reduction()), CPUFallback())
 
 
 class _Guarded(dlight.ScheduleRule):
@@ -105,6 +106,31 @@ class _Guarded(dlight.ScheduleRule):
             return self.rule.apply(func, target, tunable)
         except Exception:  # noqa: BLE001 - see the class docstring
             return None
+
+
+class _RowReduction(_Guarded):
+    """dlight's CPU Reduction rule, except for reductions into a single element (a norm over one
+    token, as in decoding): the rule then parallelises the output's columns and recomputes the
+    whole reduction for each, quadratic work (0.1 ms for a 512-wide RMSNorm, measured); the
+    fallback schedule does it once."""
+
+    def apply(self, func, target, tunable):
+        if _reduces_to_one_element(func):
+            return None
+        return super().apply(func, target, tunable)
+
+
+def _reduces_to_one_element(func) -> bool:
+    if not isinstance(func, tvm.tirx.PrimFunc):
+        return False
+    sch = s_tir.Schedule(func)
+    for block in sch.get_child_blocks(get_root_block(sch)):
+        iter_vars = sch.get(block).iter_vars
+        if any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in iter_vars) and all(
+                isinstance(iv.dom.extent, tvm.tirx.IntImm) and int(iv.dom.extent) == 1
+                for iv in iter_vars if iv.iter_type == tvm.tirx.IterVar.DataPar):
+            return True
+    return False
 
 
 def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
