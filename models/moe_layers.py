@@ -24,9 +24,12 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 
 def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: int = 2, *, tokens: "int | str" = "tokens",
                      activation: str = "relu", softmax: str = "before", normalize: bool = True, layers: int = 1,
-                     gated: bool = False, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
-    if activation not in ACTIVATIONS or softmax not in ("before", "after"):
-        raise ValueError(f"activation in {ACTIVATIONS}, softmax in ('before', 'after')")
+                     gated: bool = False, form: str = "stacked", seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """``form``: ``stacked`` (batched MatMuls over [E, ...] weights, ReduceSum over experts) or
+    ``unrolled`` (one MatMul chain per expert, summed with Adds: an ``nn.ModuleList`` export);
+    both compute the same function for the same seed."""
+    if activation not in ACTIVATIONS or softmax not in ("before", "after") or form not in ("stacked", "unrolled"):
+        raise ValueError(f"activation in {ACTIVATIONS}, softmax in ('before', 'after'), form in ('stacked', 'unrolled')")
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
 
@@ -41,6 +44,7 @@ def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: 
     const("k", np.array([top_k], np.int64))
     const("axes0", np.array([0], np.int64))
     const("axes2", np.array([2], np.int64))
+    const("axes1", np.array([1], np.int64))
     const("axes_last", np.array([-1], np.int64))
     current = "x"
     for layer in range(layers):
@@ -63,26 +67,47 @@ def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: 
             weights = node("Div", [weights, total], p + "top_norm")
         zeros = node("Mul", [logits, const(p + "zero", np.zeros((), np.float32))], p + "zeros")
         gate = node("ScatterElements", [zeros, p + "top_idx", weights], p + "gate", axis=1)
-        h = u = node("Add", [node("MatMul", [current, w1], p + "mm1"), b1], p + "h_pre")
-        if gated:
-            cuts = [const(p + f"cut{i}", np.array([b], np.int64)) for i, b in enumerate((0, ffn, 2 * ffn, 2))]
-            h = node("Slice", [u, cuts[0], cuts[1], cuts[3]], p + "gate_half")
-            up = node("Slice", [u, cuts[1], cuts[2], cuts[3]], p + "up_half")
-        if activation == "relu":
-            h = node("Relu", [h], p + "h")
-        elif activation == "gelu":
-            h = node("Gelu", [h], p + "h") if opset >= 20 else _gelu(node, h, p, const)
-        else:
-            h = node("Mul", [h, node("Sigmoid", [h], p + "sig")], p + "h")
-        if gated:
-            h = node("Mul", [h, up], p + "h_gated")
-        y = node("Add", [node("MatMul", [h, w2], p + "mm2"), b2], p + "y")
-        gate_e = node("Unsqueeze", [node("Transpose", [gate], p + "gate_t", perm=[1, 0]), "axes2"], p + "gate_e")
-        current = node("ReduceSum", [node("Mul", [y, gate_e], p + "weighted"), "axes0"], p + "out", keepdims=0)
+        if form == "stacked":
+            y = _ffn(node, const, current, w1, b1, w2, b2, p, ffn, activation, gated, opset)
+            gate_e = node("Unsqueeze", [node("Transpose", [gate], p + "gate_t", perm=[1, 0]), "axes2"], p + "gate_e")
+            current = node("ReduceSum", [node("Mul", [y, gate_e], p + "weighted"), "axes0"], p + "out", keepdims=0)
+            continue
+        arrays = {n.name: numpy_helper.to_array(n) for n in inits if n.name in (w1, b1, w2, b2)}
+        total = None
+        for e in range(experts):  # one FFN per expert, as an nn.ModuleList loop exports
+            q = f"{p}e{e}_"
+            ws = [const(q + key, arrays[name][e].reshape(arrays[name].shape[-2:] if key[0] == "w" else -1))
+                  for key, name in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))]
+            y = _ffn(node, const, current, *ws, q, ffn, activation, gated, opset)
+            column = node("Slice", [gate, const(q + "start", np.array([e], np.int64)),
+                                    const(q + "end", np.array([e + 1], np.int64)), "axes1"], q + "gate")
+            term = node("Mul", [y, column], q + "weighted")
+            total = term if total is None else node("Add", [total, term], q + "sum")
+        current = total
+        for name in (w1, b1, w2, b2):  # the stacked arrays were only the source of the per-expert ones
+            inits[:] = [i for i in inits if i.name != name]
     graph = helper.make_graph(nodes, "dense_masked_moe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [tokens, hidden])],
                               [helper.make_tensor_value_info(current, TensorProto.FLOAT, [tokens, hidden])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _ffn(node, const, x, w1, b1, w2, b2, p, ffn, activation, gated, opset):
+    """``act(x @ W1 + b1) @ W2 + b2``; gated: ``act(u[..., :F]) * u[..., F:]`` with ``u = x @ W1 + b1``."""
+    h = u = node("Add", [node("MatMul", [x, w1], p + "mm1"), b1], p + "h_pre")
+    if gated:
+        cuts = [const(p + f"cut{i}", np.array([b], np.int64)) for i, b in enumerate((0, ffn, 2 * ffn, -1))]
+        h = node("Slice", [u, cuts[0], cuts[1], cuts[3]], p + "gate_half")
+        up = node("Slice", [u, cuts[1], cuts[2], cuts[3]], p + "up_half")
+    if activation == "relu":
+        h = node("Relu", [h], p + "h")
+    elif activation == "gelu":
+        h = node("Gelu", [h], p + "h") if opset >= 20 else _gelu(node, h, p, const)
+    else:
+        h = node("Mul", [h, node("Sigmoid", [h], p + "sig")], p + "h")
+    if gated:
+        h = node("Mul", [h, up], p + "h_gated")
+    return node("Add", [node("MatMul", [h, w2], p + "mm2"), b2], p + "y")
 
 
 def _gelu(node, h, p, const):

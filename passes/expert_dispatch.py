@@ -40,6 +40,19 @@ def _sums_masked_experts(node: Node) -> bool:
     return mul is not None and mul.op_type == "Mul"
 
 
+def _tops_an_expert_sum(node: Node) -> bool:
+    """The top Add of a sum with a term ``y * gate[:, e:e+1]``: the unrolled anchor."""
+    if node.op_type != "Add" or node.domain not in ("", "ai.onnx"):
+        return False
+    if any(c.op_type == "Add" for c in node.outputs[0].consumers()):
+        return False
+    for term in moe_forms.sum_terms(node.outputs[0]):
+        mul = term.producer
+        if mul is not None and mul.op_type == "Mul" and any(moe_forms._gate_column(v) for v in mul.inputs):
+            return True
+    return False
+
+
 def _is_contrib_moe(node: Node) -> bool:
     return node.op_type == "MoE" and node.domain == "com.microsoft"
 
@@ -52,6 +65,7 @@ def _is_reduce_sum(node: Node) -> bool:
 FORMS = [
     ("batched_mm", lambda n: _is_reduce_sum(n) and _sums_weighted_slots(n), moe_forms.batched_mm),
     ("stacked", lambda n: _is_reduce_sum(n) and _sums_masked_experts(n), moe_forms.dense_masked),
+    ("unrolled", _tops_an_expert_sum, moe_forms.unrolled),
     ("com.microsoft.MoE", _is_contrib_moe, moe_forms.contrib),
 ]
 

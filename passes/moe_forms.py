@@ -4,6 +4,8 @@
 - ``dense_masked``: every expert evaluated over stacked weights, multiplied by a top-k gate
   scattered into zeros, summed (hand-written MoEs; ``sparsec.models.moe_layers``). Anchor: the
   ``ReduceSum`` over the expert axis.
+- ``unrolled``: the same with one FFN per expert (an ``nn.ModuleList`` loop): ``sum_e y_e *
+  gate[:, e:e+1]`` as a chain of Adds. Anchor: the top Add of the chain.
 - ``batched_mm``: transformers' ``batched_mm`` experts (Mixtral, Qwen2-MoE, Qwen3-MoE): each
   token repeated k times, the chosen experts' weights gathered per (token, slot), batched
   MatMuls, weighted, summed over the k slots. Anchor: the ``ReduceSum`` over the slots.
@@ -119,16 +121,9 @@ def dense_masked(reduce: Node) -> MoEMatch:
 
 
 def _check_zeros(value: Value) -> None:
-    if value.const is not None:
-        if np.any(value.const != 0):
-            raise Mismatch("the gate is scattered into a non-zero matrix")
+    if _is_zeros(value):
         return
-    node = producer(value, "Mul", "ConstantOfShape")
-    if node.op_type == "ConstantOfShape":
-        fill = node.attr("value")
-        if fill is not None and np.any(np.asarray(fill) != 0):
-            raise Mismatch("the gate is scattered into a non-zero matrix")
-        return
+    node = producer(value, "Mul")
     zero = next((v for v in node.inputs if v is not None and v.const is not None), None)
     if zero is None or zero.const.size != 1 or float(zero.const.ravel()[0]) != 0.0:
         raise Mismatch("the gate is scattered into something not known to be zero")
@@ -139,6 +134,125 @@ def _matmul_plus_bias(add: Node) -> tuple[Node, np.ndarray]:
         if mm_value.producer is not None and mm_value.producer.op_type == "MatMul" and bias_value.const is not None:
             return mm_value.producer, bias_value.const
     raise Mismatch(f"{add.name} is not MatMul + constant bias")
+
+
+# --- unrolled: one FFN per expert -----------------------------------------------------------
+
+def unrolled(top: Node) -> MoEMatch:
+    """``sum_e y_e * gate[:, e:e+1]`` (Adds in any order, optionally onto zeros) where every
+    expert e of the router appears exactly once, ``y_e = lin2_e(hidden(lin1_e(x)))`` with its own
+    constant 2-D weights (MatMul + bias or Gemm) on the same x, and the gate as in ``dense_masked``.
+    Exact for the same reason: the skipped terms are zeros times finite values."""
+    outputs, gate = {}, None
+    for term in sum_terms(top.outputs[0]):
+        mul = producer(term, "Mul")
+        picked = _gate_column(mul.input(1)) or _gate_column(mul.input(0))
+        if picked is None:
+            raise Mismatch("a summed term is not an expert output times its gate column")
+        column_of, expert = picked
+        y_value = mul.input(0) if _gate_column(mul.input(1)) else mul.input(1)
+        if gate is not None and column_of is not gate:
+            raise Mismatch("the summed terms take their gate columns from different gates")
+        if expert in outputs:
+            raise Mismatch(f"expert {expert} is summed twice")
+        gate, outputs[expert] = column_of, y_value
+    scatter = producer(gate, "ScatterElements")
+    if scatter.attr("axis", 0) not in (1, -1) or scatter.attr("reduction", "none") not in ("none", b"none"):
+        raise Mismatch("the gate is not scattered along the expert axis without reduction")
+    _check_zeros(scatter.input(0))
+    router = match_router(scatter.input(1), scatter.input(2))
+    if sorted(outputs) != list(range(router["experts"])):
+        raise Mismatch(f"the sum covers experts {sorted(outputs)}, not each of the router's {router['experts']} once")
+    layers = [_expert_ffn(outputs[e]) for e in range(router["experts"])]
+    x, activation, gated = layers[0][0], layers[0][1], layers[0][2]
+    if any(layer[0] is not x or layer[1:3] != (activation, gated) for layer in layers):
+        raise Mismatch("the experts do not all read the same input with the same activation")
+    if shape_of(x) is None or len(shape_of(x)) != 2:
+        raise Mismatch("the experts' input is not [tokens, hidden]")
+    try:
+        w1, b1, w2, b2 = (np.stack([layer[i] for layer in layers]).astype(np.float32) for i in range(3, 7))
+    except ValueError:
+        raise Mismatch("the experts' weights differ in shape") from None
+    _check_hidden_width(w1, w2, gated)
+    return MoEMatch(x, router["logits"], w1, b1, w2, b2, router["k"], activation, router["softmax"],
+                    router["normalize"], gated, "unrolled")
+
+
+def sum_terms(value: Value) -> list[Value]:
+    """The leaves of a tree of Adds, without constant zeros (a sum started from ``zeros_like``)."""
+    node = value.producer
+    if node is not None and node.op_type == "Add" and node.domain in ("", "ai.onnx"):
+        return sum_terms(node.input(0)) + sum_terms(node.input(1))
+    return [] if _is_zeros(value) else [value]
+
+
+def _is_zeros(value: Value) -> bool:
+    """A constant of zeros, or ``ConstantOfShape`` filling zeros (``torch.zeros_like``)."""
+    if value.const is not None:
+        return not np.any(value.const)
+    node = value.producer
+    if node is None or node.op_type != "ConstantOfShape":
+        return False
+    fill = node.attr("value")
+    return fill is None or not np.any(np.asarray(fill))
+
+
+def _gate_column(value: Value) -> tuple[Value, int] | None:
+    """(gate, e) for ``Slice(gate, e, e + 1, axis 1)`` or ``Unsqueeze(Gather(gate, e, axis=1), 1)``."""
+    node = value.producer
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Slice" and all(v is None or v.const is not None for v in node.inputs[1:]):
+        starts, ends = ints(node, 1, "starts"), ints(node, 2, "ends")
+        axes = ints(node, 3, "axes") or [0]
+        steps = ints(node, 4, "steps") or [1]
+        if len(starts) == 1 and axes[0] in (1, -1) and steps == [1] and starts[0] >= 0 and ends[0] == starts[0] + 1:
+            return node.input(0), starts[0]
+        return None
+    if node.op_type == "Unsqueeze" and ints(node, 1, "axes") in ([1], [-1]):
+        gather = node.input(0).producer
+        if gather is not None and gather.op_type == "Gather" and gather.attr("axis", 0) in (1, -1) \
+                and gather.input(1).const is not None and gather.input(1).const.ndim == 0:
+            return gather.input(0), int(gather.input(1).const)
+    return None
+
+
+def _expert_ffn(y: Value) -> tuple:
+    """(x, activation, gated, W1 [H, F'], b1 [F'], W2 [F, H], b2 [H]) of one expert's FFN."""
+    w2, b2, h = _linear(y)
+    activation, pre, gated = match_hidden(h)
+    w1, b1, x = _linear(pre)
+    return x, activation, gated, w1, b1, w2, b2
+
+
+def _linear(value: Value) -> tuple[np.ndarray, np.ndarray, Value]:
+    """``x @ W + b`` with constant 2-D W: MatMul (+ Add of a constant bias) or Gemm; returns
+    (W as [in, out], b [out], x)."""
+    node = value.producer
+    bias = None
+    if node is not None and node.op_type == "Add":
+        for inner, other in ((node.input(0), node.input(1)), (node.input(1), node.input(0))):
+            if other.const is not None and inner.producer is not None and inner.producer.op_type == "MatMul":
+                bias, node = other.const, inner.producer
+                break
+    if node is not None and node.op_type == "Gemm":
+        if node.attr("transA", 0) or node.attr("alpha", 1.0) != 1.0 or node.attr("beta", 1.0) != 1.0:
+            raise Mismatch("an expert Gemm transposes its input or scales")
+        w = const(node.input(1), "an expert weight")
+        w = w.T if node.attr("transB", 0) else w
+        bias = const(node.input(2), "an expert bias") if len(node.inputs) > 2 and node.input(2) is not None else None
+    elif node is not None and node.op_type == "MatMul":
+        w = const(node.input(1), "an expert weight")
+    else:
+        raise Mismatch(f"an expert layer is {node.op_type if node else 'an input'}, not MatMul (+ bias) or Gemm")
+    if w.ndim != 2:
+        raise Mismatch("an expert weight is not 2-D")
+    width = w.shape[1]
+    b = np.zeros(width, np.float32) if bias is None else np.broadcast_to(np.ravel(bias), (width,)) \
+        if np.size(bias) in (1, width) else None
+    if b is None:
+        raise Mismatch(f"an expert bias of shape {list(np.shape(bias))} is not per output column")
+    return w, b, node.input(0)
 
 
 # --- transformers batched_mm ----------------------------------------------------------------

@@ -140,27 +140,46 @@ def match_activation(h: Value) -> tuple[str, Value]:
         for pre, other in ((a, b), (b, a)):
             if other.producer is not None and other.producer.op_type == "Sigmoid" and other.producer.input(0) is pre:
                 return "silu", pre
-        pre = _erf_gelu_input(a, b) or _erf_gelu_input(b, a)
+        pre = _erf_gelu_input(node)
         if pre is not None:
             return "gelu", pre
     raise Mismatch(f"the expert activation ({node.op_type}) is not ReLU, GELU or SiLU")
 
 
-def _erf_gelu_input(half_x: Value, one_plus_erf: Value) -> Value | None:
-    """x from ``Mul(Mul(x, 0.5), Add(Erf(Mul(x, 1/sqrt 2)), 1))``."""
-    hx, ope = half_x.producer, one_plus_erf.producer
-    if hx is None or ope is None or hx.op_type != "Mul" or ope.op_type != "Add":
+def _erf_gelu_input(mul: Node) -> Value | None:
+    """x from ``x * 0.5 * (1 + erf(x / sqrt 2))`` written as two Muls in any grouping, the scale as
+    ``Mul(x, 1/sqrt 2)`` or ``Div(x, sqrt 2)`` (what hand-written and torch-exported GELUs give)."""
+    a, b = mul.input(0), mul.input(1)
+    groupings = []
+    for inner, outer in ((a, b), (b, a)):
+        if inner.producer is not None and inner.producer.op_type == "Mul":
+            groupings.append([inner.producer.input(0), inner.producer.input(1), outer])
+    for leaves in groupings:
+        half = [v for v in leaves if v.const is not None and v.const.size == 1 and np.isclose(float(v.const.ravel()[0]), 0.5)]
+        erf_terms = [v for v in leaves if _one_plus_erf_of(v) is not None]
+        if len(half) != 1 or len(erf_terms) != 1:
+            continue
+        rest = [v for v in leaves if v is not half[0] and v is not erf_terms[0]]
+        if len(rest) == 1 and _one_plus_erf_of(erf_terms[0]) is rest[0]:
+            return rest[0]
+    return None
+
+
+def _one_plus_erf_of(value: Value) -> Value | None:
+    """x from ``Add(Erf(x * 1/sqrt 2 or x / sqrt 2), 1)``."""
+    add = value.producer
+    if add is None or add.op_type != "Add":
         return None
-    x, half = (hx.input(0), hx.input(1)) if hx.input(1).const is not None else (hx.input(1), hx.input(0))
-    if half.const is None or not np.allclose(half.const, 0.5):
-        return None
-    erf_value, one = (ope.input(0), ope.input(1)) if ope.input(1).const is not None else (ope.input(1), ope.input(0))
+    erf_value, one = (add.input(0), add.input(1)) if add.input(1).const is not None else (add.input(1), add.input(0))
     if one.const is None or not np.allclose(one.const, 1.0) or erf_value.producer is None or erf_value.producer.op_type != "Erf":
         return None
     scaled = erf_value.producer.input(0).producer
-    if scaled is None or scaled.op_type != "Mul":
+    if scaled is None or scaled.op_type not in ("Mul", "Div"):
         return None
-    sx, scale = (scaled.input(0), scaled.input(1)) if scaled.input(1).const is not None else (scaled.input(1), scaled.input(0))
-    if sx is not x or scale.const is None or not np.allclose(scale.const, 1 / np.sqrt(2), rtol=1e-6):
+    x, scale = scaled.input(0), scaled.input(1)
+    if scaled.op_type == "Mul" and scale.const is None:
+        x, scale = scale, x
+    want = 1 / np.sqrt(2) if scaled.op_type == "Mul" else np.sqrt(2)
+    if scale.const is None or scale.const.size != 1 or not np.allclose(scale.const, want, rtol=1e-6):
         return None
     return x
