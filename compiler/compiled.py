@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -36,10 +38,15 @@ class TensorSpec:
 
 
 def _dtype_name(array: np.ndarray) -> str:
+    return _name_of_dtype(array.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _name_of_dtype(dtype: np.dtype) -> str:  # cached: the per-call checks of a one-token call add up
     try:
-        return dtype_of_array(array)
+        return dtype_of_array(np.empty(0, dtype))
     except (ValueError, TypeError, KeyError):
-        return str(array.dtype)
+        return str(dtype)
 
 
 class CompiledModel:

@@ -74,27 +74,45 @@ class TVMRunner:
         if self._main is None:
             self._main = vm["main"]
         args = [self._stage(i, a) for i, a in enumerate(arrays)]
-        staged = [r for r in map(_extent, args) if r is not None]
+        staged = [slot.extent for slot in self._staging.values() if slot.extent is not None]
         return [_to_numpy(t, staged) for t in _flatten(self._main(*args))]
 
     def _stage(self, index: int, array: np.ndarray):
         """Copy the input into a device tensor kept from call to call (allocating one per call
-        costs as much as the copy). np.require keeps 0-d arrays 0-d."""
-        array = np.require(array, requirements="C")
-        held = self._staging.get(index)
-        if held is None or tuple(held.shape) != array.shape or str(held.dtype) != str(array.dtype):
+        costs as much as the copy), through a numpy view of it: ``np.copyto`` takes ~1 us where
+        ``Tensor.copyfrom`` took 14 us, a sixth of a one-token MoE call."""
+        slot = self._staging.get(index)
+        if slot is None or slot.shape != array.shape or slot.dtype != array.dtype:
             try:
-                held = tvm.runtime.empty(array.shape, str(array.dtype), self._device)
+                slot = _Staged(tvm.runtime.empty(array.shape, str(array.dtype), self._device), array)
             except Exception:  # dtypes the runtime cannot allocate by name: a fresh tensor each call
-                return tvm.runtime.tensor(array, self._device)
-            self._staging[index] = held
-        held.copyfrom(array)
-        return held
+                return tvm.runtime.tensor(np.require(array, requirements="C"), self._device)
+            self._staging[index] = slot
+        if slot.view is not None:
+            np.copyto(slot.view, array)
+        else:
+            slot.tensor.copyfrom(np.require(array, requirements="C"))
+        return slot.tensor
 
     def export(self, folder: Path) -> list[str]:
         path = folder / LIBRARY
         self.executable.export_library(str(path))
         return [LIBRARY]
+
+
+class _Staged:
+    """A staged input tensor, a numpy view of its memory (None where numpy cannot view the dtype)
+    and the memory's extent."""
+
+    def __init__(self, tensor, like: np.ndarray):
+        self.tensor, self.shape, self.dtype = tensor, like.shape, like.dtype
+        try:
+            self.view = np.from_dlpack(tensor)
+        except (TypeError, BufferError, RuntimeError):
+            self.view = None
+        if self.view is not None and (self.view.dtype != like.dtype or self.view.shape != like.shape):
+            self.view = None
+        self.extent = _extent(tensor)
 
 
 def _extent(tensor) -> tuple[int, int] | None:
