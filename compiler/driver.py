@@ -76,7 +76,15 @@ def compile(  # noqa: A001 - the public name the API promises
     options = dict(target_options, num_threads=num_threads)
     pass_report = PassManager(pass_list).run(graph, PassContext(target=target, options=options,
                                                                          pass_options=dict(pass_options or {})))
-    runner = get_backend(backend).build(graph, target, options)
+    try:
+        runner = get_backend(backend).build(graph, target, options)
+    except SparsecError as err:
+        # A pass may have seen why the model cannot run as written (a trace-specialised loop, say):
+        # that is the first thing to read, ahead of the backend's own words.
+        notes = [note for found in pass_report["notes"].values() for note in found]
+        if notes:
+            err.args = (f"{err.args[0] if err.args else err}\nNotes from the passes:\n  " + "\n  ".join(notes),) + err.args[1:]
+        raise
     inputs = [TensorSpec.of(v) for v in graph.inputs if v.const is None]
     outputs = [TensorSpec.of(v) for v in graph.outputs]
     report = {

@@ -111,9 +111,37 @@ class MoEDispatch(Pass):
                 {"node": node.name, "experts": match.experts, "k": match.k, "activation": match.activation,
                  "gated": match.gated, "softmax": match.softmax, "normalize": bool(match.normalize),
                  "tokens": x_shape[0] if x_shape else None, "layout": match.layout})
+        for nonzero, count in _loops_unrolled_at_trace_time(graph):
+            result.notes.append(
+                f"{nonzero.name}: a mixture of experts exported from an expert loop unrolled for the {count} experts hit "
+                f"while tracing (NonZero -> Split into {count}, transformers' 'eager' experts): the file runs only on "
+                f"inputs that route to exactly {count} experts, and ONNX Runtime fails on others; not rewritten. "
+                "Re-export with experts_implementation='batched_mm', which moe-dispatch turns into dispatch.")
+            result.details.setdefault("trace_specialised", []).append({"node": nonzero.name, "experts_traced": count})
         if result.rewrites:
             graph.eliminate_dead_code()
         return result
+
+
+def _loops_unrolled_at_trace_time(graph: Graph):
+    """(NonZero, n) where the ids of the experts hit (NonZero over a one-hot expert mask) are split
+    into a fixed n pieces along the data-dependent axis: a Python loop over them, traced once."""
+    for node in graph.walk():
+        if node.op_type != "NonZero" or not _derives_from(node.input(0), "OneHot", hops=4):
+            continue
+        for transpose in node.outputs[0].consumers():
+            if transpose.op_type != "Transpose" or list(transpose.attr("perm", [])) != [1, 0]:
+                continue
+            for split in transpose.outputs[0].consumers():
+                if split.op_type == "Split" and split.attr("axis", 0) == 0:
+                    yield node, len(split.outputs)
+
+
+def _derives_from(value, op_type: str, hops: int) -> bool:
+    node = value.producer if value is not None else None
+    if node is None or hops < 0:
+        return False
+    return node.op_type == op_type or any(_derives_from(v, op_type, hops - 1) for v in node.inputs if v is not None)
 
 
 def _rewrite(anchor: Node, match: MoEMatch) -> None:

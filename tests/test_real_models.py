@@ -56,6 +56,18 @@ def test_hf_batched_mm_moe_dispatches_and_matches_ort(name, top_k, rng):
     assert_matches_ort(single, model, {"input_ids": np.array([[11]], np.int64), "attention_mask": np.ones((1, 1), np.int64)})
 
 
+def test_trace_specialised_eager_moe_is_refused_with_the_reason(rng):
+    """transformers' eager experts, traced: a loop unrolled for the experts hit at export time. ORT
+    fails on inputs that hit another number of experts; sparsec says so instead of a TVM error."""
+    model = hf.mixtral(experts_implementation="eager")
+    with pytest.raises(sparsec.CompileError, match="unrolled for the 4 experts hit while tracing(.|\n)*batched_mm"):
+        sparsec.compile(model, dims={"batch": 2, "sequence": 8})
+    kept = sparsec.compile(model, dims={"batch": 2, "sequence": 8}, backend="ort")  # runs as written, flagged
+    assert kept.report["details"]["moe-dispatch"]["trace_specialised"] == [
+        {"node": "/model/model/layers.0/mlp/experts/NonZero", "experts_traced": 4}]
+    assert_matches_ort(kept, model, token_feeds(rng, 2, 8))
+
+
 def test_trained_cnn_from_pypi_matches_ort(rng):
     rapidocr = pytest.importorskip("rapidocr_onnxruntime")
     path = Path(rapidocr.__file__).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
