@@ -25,11 +25,13 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: int = 2, *, tokens: "int | str" = "tokens",
                      activation: str = "relu", softmax: str = "before", normalize: bool = True, layers: int = 1,
                      gated: bool = False, form: str = "stacked", seed: int = 0, opset: int = 17) -> onnx.ModelProto:
-    """``form``: ``stacked`` (batched MatMuls over [E, ...] weights, ReduceSum over experts) or
-    ``unrolled`` (one MatMul chain per expert, summed with Adds: an ``nn.ModuleList`` export);
-    both compute the same function for the same seed."""
-    if activation not in ACTIVATIONS or softmax not in ("before", "after") or form not in ("stacked", "unrolled"):
-        raise ValueError(f"activation in {ACTIVATIONS}, softmax in ('before', 'after'), form in ('stacked', 'unrolled')")
+    """``form``: ``stacked`` (batched MatMuls over [E, ...] weights, ReduceSum over experts),
+    ``einsum`` (the same as Einsums, combined by ``Einsum("eth,te->th", y, gate)``) or ``unrolled``
+    (one MatMul chain per expert, summed with Adds: an ``nn.ModuleList`` export); all compute the
+    same function for the same seed."""
+    forms = ("stacked", "einsum", "unrolled")
+    if activation not in ACTIVATIONS or softmax not in ("before", "after") or form not in forms:
+        raise ValueError(f"activation in {ACTIVATIONS}, softmax in ('before', 'after'), form in {forms}")
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
 
@@ -67,6 +69,10 @@ def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: 
             weights = node("Div", [weights, total], p + "top_norm")
         zeros = node("Mul", [logits, const(p + "zero", np.zeros((), np.float32))], p + "zeros")
         gate = node("ScatterElements", [zeros, p + "top_idx", weights], p + "gate", axis=1)
+        if form == "einsum":
+            y = _ffn(node, const, current, w1, b1, w2, b2, p, ffn, activation, gated, opset, einsum=True)
+            current = node("Einsum", [y, gate], p + "out", equation="eth,te->th")
+            continue
         if form == "stacked":
             y = _ffn(node, const, current, w1, b1, w2, b2, p, ffn, activation, gated, opset)
             gate_e = node("Unsqueeze", [node("Transpose", [gate], p + "gate_t", perm=[1, 0]), "axes2"], p + "gate_e")
@@ -92,9 +98,12 @@ def dense_masked_moe(hidden: int = 64, ffn: int = 128, experts: int = 8, top_k: 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _ffn(node, const, x, w1, b1, w2, b2, p, ffn, activation, gated, opset):
+def _ffn(node, const, x, w1, b1, w2, b2, p, ffn, activation, gated, opset, einsum=False):
     """``act(x @ W1 + b1) @ W2 + b2``; gated: ``act(u[..., :F]) * u[..., F:]`` with ``u = x @ W1 + b1``."""
-    h = u = node("Add", [node("MatMul", [x, w1], p + "mm1"), b1], p + "h_pre")
+    def linear(a, w, name, equation):
+        return node("Einsum", [a, w], name, equation=equation) if einsum else node("MatMul", [a, w], name)
+
+    h = u = node("Add", [linear(x, w1, p + "mm1", "th,ehf->etf"), b1], p + "h_pre")
     if gated:
         cuts = [const(p + f"cut{i}", np.array([b], np.int64)) for i, b in enumerate((0, ffn, 2 * ffn, -1))]
         h = node("Slice", [u, cuts[0], cuts[1], cuts[3]], p + "gate_half")
@@ -107,7 +116,7 @@ def _ffn(node, const, x, w1, b1, w2, b2, p, ffn, activation, gated, opset):
         h = node("Mul", [h, node("Sigmoid", [h], p + "sig")], p + "h")
     if gated:
         h = node("Mul", [h, up], p + "h_gated")
-    return node("Add", [node("MatMul", [h, w2], p + "mm2"), b2], p + "y")
+    return node("Add", [linear(h, w2, p + "mm2", "etf,efh->eth"), b2], p + "y")
 
 
 def _gelu(node, h, p, const):

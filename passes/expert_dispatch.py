@@ -53,6 +53,12 @@ def _tops_an_expert_sum(node: Node) -> bool:
     return False
 
 
+def _einsum_over_experts(node: Node) -> bool:
+    """Einsum("eth,te->th", y, gate): the dense-masked anchor written as an Einsum."""
+    return node.op_type == "Einsum" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2 and any(
+        v.producer is not None and v.producer.op_type == "ScatterElements" for v in node.inputs)
+
+
 def _is_contrib_moe(node: Node) -> bool:
     return node.op_type == "MoE" and node.domain == "com.microsoft"
 
@@ -65,6 +71,7 @@ def _is_reduce_sum(node: Node) -> bool:
 FORMS = [
     ("batched_mm", lambda n: _is_reduce_sum(n) and _sums_weighted_slots(n), moe_forms.batched_mm),
     ("stacked", lambda n: _is_reduce_sum(n) and _sums_masked_experts(n), moe_forms.dense_masked),
+    ("stacked", _einsum_over_experts, moe_forms.dense_masked),
     ("unrolled", _tops_an_expert_sum, moe_forms.unrolled),
     ("com.microsoft.MoE", _is_contrib_moe, moe_forms.contrib),
 ]

@@ -72,17 +72,51 @@ def _check_hidden_width(w1: np.ndarray, w2: np.ndarray, gated: bool) -> None:
 
 # --- dense-masked ---------------------------------------------------------------------------
 
-def dense_masked(reduce: Node) -> MoEMatch:
-    """``ReduceSum_0(Mul(y, Unsqueeze(Transpose(gate))))`` with ``y = hidden(x @ W1 + b1) @ W2 + b2``
-    over stacked ``W1 [E, H, F]``, ``W2 [E, F, H]`` and ``gate = ScatterElements(zeros, idx,
-    weights, axis=1)`` from the router's TopK.
+def dense_masked(anchor: Node) -> MoEMatch:
+    """The expert outputs ``y [E, T, H]`` weighted by ``gate [T, E]`` and summed over E, as
+    ``ReduceSum_0(Mul(y, Unsqueeze(Transpose(gate), 2)))`` or ``Einsum("eth,te->th", y, gate)``,
+    with ``y = hidden(x @ W1 + b1) @ W2 + b2`` over stacked weights (batched MatMuls or Einsums,
+    ``[E, in, out]`` or ``[E, out, in]``) and ``gate = ScatterElements(zeros, idx, weights, axis=1)``
+    from the router's TopK.
 
     Exact: the skipped terms are ``0 * y_e``, zero for every finite ``y_e`` (an expert producing
     inf or NaN for a token that did not choose it would turn ORT's sum into NaN; sparsec's stays
     finite)."""
-    if ints(reduce, 1, "axes") != [0] or reduce.attr("keepdims", 1) != 0:
+    y_value, gate = _weighted_expert_sum(anchor)
+    scatter = producer(gate, "ScatterElements")
+    if scatter.attr("axis", 0) not in (1, -1) or scatter.attr("reduction", "none") not in ("none", b"none"):
+        raise Mismatch("the gate is not scattered along the expert axis without reduction")
+    _check_zeros(scatter.input(0))
+    router = match_router(scatter.input(1), scatter.input(2))
+    w2, b2, h = _stacked_linear(y_value)
+    activation, pre, gated = match_hidden(h)
+    w1, b1, x = _stacked_linear(pre)
+    _check_hidden_width(w1, w2, gated)
+    experts, hidden, width1 = w1.shape
+    if shape_of(x) is None or len(shape_of(x)) != 2:
+        raise Mismatch("the experts' input is not [tokens, hidden]")
+    if router["experts"] != experts:
+        raise Mismatch(f"the router scores {router['experts']} experts, the weights hold {experts}")
+    return MoEMatch(x, router["logits"], w1, expert_bias(b1, experts, width1, "b1"), w2,
+                    expert_bias(b2, experts, hidden, "b2"), router["k"], activation, router["softmax"],
+                    router["normalize"], gated, "stacked")
+
+
+def _weighted_expert_sum(anchor: Node) -> tuple[Value, Value]:
+    """(y, gate) from the sum over experts: ReduceSum(Mul(y, Unsqueeze(Transpose(gate)))) or Einsum."""
+    if anchor.op_type == "Einsum":
+        eq = _einsum_terms(anchor)
+        if eq is None or len(eq[0]) != 2:
+            raise Mismatch("the Einsum is not a two-operand product")
+        (a, b), out = eq
+        for (y_value, y_sub), (gate_value, gate_sub) in (((anchor.input(0), a), (anchor.input(1), b)),
+                                                         ((anchor.input(1), b), (anchor.input(0), a))):
+            if len(y_sub) == 3 and len(gate_sub) == 2 and gate_sub == y_sub[1] + y_sub[0] and out == y_sub[1:]:
+                return y_value, gate_value
+        raise Mismatch("the Einsum is not sum_e y[e, t, h] * gate[t, e]")
+    if ints(anchor, 1, "axes") != [0] or anchor.attr("keepdims", 1) != 0:
         raise Mismatch("the sum is not over axis 0 with keepdims=0")
-    mul = producer(reduce.input(0), "Mul")
+    mul = producer(anchor.input(0), "Mul")
     for y_value, gate_value in ((mul.input(0), mul.input(1)), (mul.input(1), mul.input(0))):
         try:
             gate_node = producer(gate_value, "Unsqueeze")
@@ -96,28 +130,55 @@ def dense_masked(reduce: Node) -> MoEMatch:
     transpose = producer(gate_node.input(0), "Transpose")
     if list(transpose.attr("perm", [])) != [1, 0]:
         raise Mismatch("the gate is not transposed [1, 0]")
-    scatter = producer(transpose.input(0), "ScatterElements")
-    if scatter.attr("axis", 0) not in (1, -1) or scatter.attr("reduction", "none") not in ("none", b"none"):
-        raise Mismatch("the gate is not scattered along the expert axis without reduction")
-    _check_zeros(scatter.input(0))
-    router = match_router(scatter.input(1), scatter.input(2))
-    mm2, b2 = _matmul_plus_bias(producer(y_value, "Add"))
-    w2 = const(mm2.input(1), "W2")
-    activation, pre, gated = match_hidden(mm2.input(0))
-    mm1, b1 = _matmul_plus_bias(producer(pre, "Add"))
-    w1 = const(mm1.input(1), "W1")
-    if w1.ndim != 3 or w2.ndim != 3:
-        raise Mismatch(f"expert weights {list(w1.shape)} and {list(w2.shape)} are not stacked [E, ...]")
-    _check_hidden_width(w1, w2, gated)
-    experts, hidden, width1 = w1.shape
-    x = mm1.input(0)
-    if shape_of(x) is None or len(shape_of(x)) != 2:
-        raise Mismatch("the experts' input is not [tokens, hidden]")
-    if router["experts"] != experts:
-        raise Mismatch(f"the router scores {router['experts']} experts, the weights hold {experts}")
-    return MoEMatch(x, router["logits"], w1, expert_bias(b1, experts, width1, "b1"), w2,
-                    expert_bias(b2, experts, hidden, "b2"), router["k"], activation, router["softmax"],
-                    router["normalize"], gated, "stacked")
+    return y_value, transpose.input(0)
+
+
+def _einsum_terms(node: Node) -> tuple[list[str], str] | None:
+    """(input subscripts, output subscripts) of a plain Einsum equation (no ellipsis), else None."""
+    equation = node.attr("equation", "")
+    equation = equation.decode() if isinstance(equation, bytes) else str(equation)
+    equation = equation.replace(" ", "")
+    if "->" not in equation or "." in equation:
+        return None
+    inputs, out = equation.split("->")
+    return inputs.split(","), out
+
+
+def _stacked_linear(value: Value) -> tuple[np.ndarray, np.ndarray | None, Value]:
+    """``a @ W + b`` over stacked constant weights, per expert: ``MatMul(a, W [E, in, out])`` or
+    ``Einsum`` (``th,ehf->etf`` for the first layer, ``etf,efh->eth`` for the second; W may also
+    be ``[E, out, in]``), plus an optional constant bias; returns (W as [E, in, out], b, a)."""
+    bias = None
+    node = value.producer
+    if node is not None and node.op_type == "Add":
+        for inner, other in ((node.input(0), node.input(1)), (node.input(1), node.input(0))):
+            if other.const is not None and inner.producer is not None and inner.producer.op_type in ("MatMul", "Einsum"):
+                bias, node = other.const, inner.producer
+                break
+    if node is None or node.op_type not in ("MatMul", "Einsum"):
+        raise Mismatch(f"an expert layer is {node.op_type if node else 'an input'}, not a batched MatMul or Einsum (+ bias)")
+    a, w = node.input(0), const(node.input(1), "the stacked expert weights")
+    if w.ndim != 3:
+        raise Mismatch(f"expert weights of shape {list(w.shape)} are not stacked [E, ...]")
+    if node.op_type == "Einsum":
+        eq = _einsum_terms(node)
+        layout = _einsum_layout(eq) if eq is not None and len(eq[0]) == 2 else None
+        if layout is None:
+            raise Mismatch(f"the Einsum {node.attr('equation')!r} is not a per-expert linear layer")
+        w = np.ascontiguousarray(w.transpose(0, 2, 1)) if layout == "out_in" else w
+    return w, bias, a
+
+
+def _einsum_layout(eq: tuple[list[str], str]) -> str | None:
+    """'in_out' / 'out_in' for a per-expert linear Einsum: (t i | e t i), (e i o | e o i) -> e t o."""
+    (a, w), out = eq
+    if len(w) != 3 or len(out) != 3 or len(set(a + w + out)) != 4:
+        return None
+    e, t, o = out
+    i = a[-1]
+    if a not in (t + i, e + t + i) or o in (i, e, t):
+        return None
+    return {e + i + o: "in_out", e + o + i: "out_in"}.get(w)
 
 
 def _check_zeros(value: Value) -> None:
@@ -127,13 +188,6 @@ def _check_zeros(value: Value) -> None:
     zero = next((v for v in node.inputs if v is not None and v.const is not None), None)
     if zero is None or zero.const.size != 1 or float(zero.const.ravel()[0]) != 0.0:
         raise Mismatch("the gate is scattered into something not known to be zero")
-
-
-def _matmul_plus_bias(add: Node) -> tuple[Node, np.ndarray]:
-    for mm_value, bias_value in ((add.input(0), add.input(1)), (add.input(1), add.input(0))):
-        if mm_value.producer is not None and mm_value.producer.op_type == "MatMul" and bias_value.const is not None:
-            return mm_value.producer, bias_value.const
-    raise Mismatch(f"{add.name} is not MatMul + constant bias")
 
 
 # --- unrolled: one FFN per expert -----------------------------------------------------------

@@ -43,13 +43,15 @@ def test_gated_experts_dispatch_exactly(activation, rng):
     assert_matches_ort(sparsec.compile(graph, backend="ort"), model, {"x": rng.standard_normal((3, 32)).astype(np.float32)})
 
 
+@pytest.mark.parametrize("form, layout", [("unrolled", "unrolled"), ("einsum", "stacked")])
 @pytest.mark.parametrize("activation, gated", [("relu", False), ("gelu", False), ("silu", True)])
-def test_unrolled_experts_dispatch_exactly(activation, gated, rng):
-    """One MatMul chain per expert, summed with Adds: same rewrite, same function as stacked."""
-    model = dense_masked_moe(32, 40, 6, 2, activation=activation, gated=gated, form="unrolled", layers=2, seed=5)
+def test_unrolled_and_einsum_experts_dispatch_exactly(form, layout, activation, gated, rng):
+    """One MatMul chain per expert summed with Adds, or Einsums over stacked weights: same
+    rewrite, same function as the stacked batched-MatMul form."""
+    model = dense_masked_moe(32, 40, 6, 2, activation=activation, gated=gated, form=form, layers=2, seed=5)
     compiled = sparsec.compile(model)
     assert compiled.report["rewrites"] == {"moe-dispatch": 2}
-    assert {m["layout"] for m in compiled.report["details"]["moe-dispatch"]["moe"]} == {"unrolled"}
+    assert {m["layout"] for m in compiled.report["details"]["moe-dispatch"]["moe"]} == {layout}
     x = rng.standard_normal((9, 32)).astype(np.float32)
     ours = assert_matches_ort(compiled, model, {"x": x})
     stacked = dense_masked_moe(32, 40, 6, 2, activation=activation, gated=gated, form="stacked", layers=2, seed=5)
