@@ -31,6 +31,58 @@ def test_mlp_matches_ort_on_edge_tiles(sizes, activation, rng):
         assert_matches_ort(compiled, model, {"x": rng.standard_normal((rows, sizes[0])).astype(np.float32)})
 
 
+def _scheduled_module(model):
+    """The model's Relax/TIR module after sparsec's CPU pipeline (what LLVM receives)."""
+    import sparsec.backends.tvm.kernels  # noqa: F401 - registers the sparse lowerings
+    from sparsec.backends.tvm.lower import lower_to_relax
+    from sparsec.backends.tvm.targets import get_target
+    from sparsec.driver import as_graph, prepare
+    from sparsec.passmanager import PassContext, PassManager, resolve_passes
+
+    graph, _ = as_graph(model)
+    prepare(graph)
+    PassManager(resolve_passes("default")).run(graph, PassContext(target="llvm", options={}, pass_options={}))
+    mod, _ = lower_to_relax(graph)
+    spec = get_target("llvm")
+    return spec.pipeline(spec.make({}))(mod)
+
+
+def test_symbolic_rows_keep_register_tiles(rng):
+    """With a symbolic row count, (1) every PrimFunc (VMShapeLower's shape_func too) is noalias:
+    one that is not makes TVM's codegen give all buffers one alias tag, and LLVM then keeps the
+    sparse kernel's accumulators in memory (3x slower); (2) the GEMM's register tile is a fixed-size
+    buffer, not M x N in memory (rows are padded to the tile instead of predicated)."""
+    import tvm
+    import tvm_ffi
+
+    from sparsec.models.pruned import pruned_ffn
+
+    model = pruned_ffn(96, 128, sparsity=0.0, tokens="tokens", seed=1)
+    sparse = pruned_ffn(96, 128, sparsity=0.9, block=(16, 1), tokens="tokens", seed=2)
+    for m in (model, sparse):
+        mod = _scheduled_module(m)
+        prims = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+        assert "shape_func" in prims
+        assert all(f.attrs.get("tirx.noalias", False) for f in prims.values()), list(prims)
+        # Buffer allocation placed and compacted as TVM lowers it: the local tiles' shapes.
+        compact = tvm.transform.Sequential([tvm.s_tir.transform.ConvertBlocksToOpaque(),
+                                            tvm.s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+                                            tvm.s_tir.transform.CompactBufferAllocation()])
+        lowered = compact(tvm.IRModule({name: f for name, f in prims.items() if "shape" not in name}))
+        local = []
+        tvm_ffi.structural_walk(lowered, (tvm.s_tir.SBlock, lambda b: local.extend(
+            buf for buf in b.alloc_buffers if buf.scope() == "local")))
+        assert local or m is sparse
+        for buffer in local:
+            assert all(isinstance(d, tvm.tirx.IntImm) for d in buffer.shape), buffer
+    compiled, compiled_sparse = sparsec.compile(model), sparsec.compile(sparse)
+    assert compiled_sparse.report["rewrites"] == {"sparse-weights.bsr": 2}
+    for rows in (1, 7, 13, 32):
+        x = {"x": rng.standard_normal((rows, 96)).astype(np.float32)}
+        assert_matches_ort(compiled, model, x)
+        assert_matches_ort(compiled_sparse, sparse, x)
+
+
 @pytest.mark.parametrize("n", [1000, 36, 30, 80])
 def test_one_token_norm_and_projection(n, rng):
     """Decoding shapes: an RMSNorm over a single token (reduces to one element) and a one-row

@@ -38,9 +38,9 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
                indptr: T.Buffer((block_rows + 1,), "int32"), bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for chunk in T.parallel(chunks):
-            acc = T.decl_buffer((mr, r), "float32", scope="local")
+            acc = T.alloc_buffer((mr, r), "float32", scope="local", annotations={"disable_lower_builtin": True})
             for rb_local in range(per_chunk):
-                rb = chunk * per_chunk + rb_local
+                rb = T.meta_var(chunk * per_chunk + rb_local)
                 if rb < block_rows:
                     for mo in range(m // mr):
                         for i in T.unroll(mr):
@@ -87,7 +87,7 @@ def csr_transposed_kernel(m: int, k: int, n: int, nnz: int, relu: bool = False, 
         for chunk in T.parallel(chunks):
             acc = T.decl_buffer((mt,), "float32", scope="local")
             for local_row in range(per_chunk):
-                row = chunk * per_chunk + local_row
+                row = T.meta_var(chunk * per_chunk + local_row)
                 if row < n:
                     for t in range(full):
                         for j in T.vectorized(mt):

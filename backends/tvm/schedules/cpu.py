@@ -115,25 +115,32 @@ class CPUMatmul(_CPURule):
         sch.transform_layout(reindex_b, ("write", 0), b_map)
         sch.transform_layout(reindex_c, ("read", 0), c_map)
         sch.transform_block_layout(main, matmul_map)
+        s, i, j, k = sch.get_loops(main)
+        m_extent, n_extent = _static(sch.get(i).extent), _static(sch.get(j).extent)
+        lanes = _lanes(target)
+        # MR x (NR / lanes) accumulators fill about half the vector registers: 8 x 2 of AVX-512's
+        # 32, 6 x 2 of AVX2's 16 (measured: 8x32 beat 6x32, 4x64 and 12x32 with AVX-512; NR that is
+        # not a power of two, e.g. 48, made LLVM's code 8x slower).
+        row_tiles = (8, 4) if lanes >= 16 else (6, 4)
+        if m_extent is None:
+            # A symbolic row count is padded to a multiple of MR (rows of zeros in, the extra rows
+            # dropped on the way out): the register tile computes without a row predicate, which
+            # had made it an M x N buffer in memory (2.6x slower than static rows, measured).
+            mr = row_tiles[0]
+            sch.pad_einsum(main, [1, mr, 1, 1])
+        else:
+            mr = 1 if m_extent == 1 else next((f for f in row_tiles if m_extent % f == 0), 4)
         sch.compute_inline(reindex_a)
         sch.compute_inline(reindex_b)
         for block in sch.get_producers(main):  # e.g. a transpose feeding the GEMM
             _try(sch.compute_inline, block)
-
         s, i, j, k = sch.get_loops(main)
-        m_extent, n_extent = _static(sch.get(i).extent), _static(sch.get(j).extent)
-        lanes = _lanes(target)
         # A column tile that divides N leaves no column tail: TVM 0.27's reverse_compute_at drops
         # the column predicate of the write-back when rows are fused from several axes.
         if n_extent is not None:
             nr = next(f for f in (2 * lanes, lanes, 8, 4, 2, 1) if n_extent % f == 0)
         else:
             nr = 2 * lanes if row_axes <= 1 else 1
-        # MR x (NR / lanes) accumulators fill about half the vector registers: 8 x 2 of AVX-512's
-        # 32, 6 x 2 of AVX2's 16 (measured: 8x32 beat 6x32, 4x64 and 12x32 with AVX-512; NR that is
-        # not a power of two, e.g. 48, made LLVM's code 8x slower).
-        row_tiles = (8, 4) if lanes >= 16 else (6, 4)
-        mr = 1 if m_extent == 1 else next((f for f in row_tiles if m_extent and m_extent % f == 0), 4)
         packed = _pack_weight_panels(sch, func, main, nr) if n_extent is not None and nr > 1 else None
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
@@ -143,8 +150,7 @@ class CPUMatmul(_CPURule):
         tile = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(tile, io)
         _fuse_epilogue(sch, tile, io)
-        outer = sch.fuse(s, jo, io)
-        sch.parallel(outer)
+        sch.parallel(sch.fuse(s, jo, io))
         sch.unroll(ii)
         sch.vectorize(ji)
         return _finish_gemm(sch, target, main, k, tile, packed)
