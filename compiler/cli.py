@@ -72,13 +72,15 @@ def _parse_pass_options(items: list[str] | None) -> dict[str, dict]:
     return options
 
 
-def _compile(model: Path, target: str, passes: str, dims, threads, shapes=None, pass_options=None):
+def _compile(model: Path, target: str, passes: str, dims, threads, shapes=None, pass_options=None,
+             tune: int = 0, tuning_db: Optional[str] = None):
     import sparsec
 
-    with err_console.status(f"compiling {model.name} for {target} ..."):
+    doing = f"tuning ({tune} trials) and compiling" if tune else "compiling"
+    with err_console.status(f"{doing} {model.name} for {target} ..."):
         return sparsec.compile(str(model), target=target, passes=passes, dims=_parse_dims(dims),
                                shapes=_parse_shapes(shapes), num_threads=threads,
-                               pass_options=_parse_pass_options(pass_options))
+                               pass_options=_parse_pass_options(pass_options), tune=tune, tuning_db=tuning_db)
 
 
 @app.command("compile")
@@ -86,13 +88,23 @@ def compile_cmd(model: Path = typer.Argument(..., help="ONNX model file"),
                 output: Path = typer.Option(..., "-o", "--output", help="folder for the compiled model"),
                 target: str = TargetOpt, passes: str = PassesOpt, dim: Optional[list[str]] = DimOpt,
                 shape: Optional[list[str]] = ShapeOpt, threads: Optional[int] = ThreadsOpt,
-                pass_option: Optional[list[str]] = PassOptionOpt):
+                pass_option: Optional[list[str]] = PassOptionOpt,
+                tune: int = typer.Option(0, "--tune", help="MetaSchedule trials to tune this model's kernels first "
+                                         "(CPU targets; minutes; results kept in the tuning database)"),
+                tuning_db: Optional[str] = typer.Option(None, "--tuning-db", help="tuning database folder (default: "
+                                                        "$SPARSEC_TUNING_DB or ~/.cache/sparsec/tuning; 'off' ignores it)")):
     """Compile MODEL and write the library and manifest to a folder."""
-    compiled = _compile(model, target, passes, dim, threads, shape, pass_option)
+    compiled = _compile(model, target, passes, dim, threads, shape, pass_option, tune, tuning_db)
     compiled.export(output)
     rewrites = ", ".join(f"{k}={v}" for k, v in compiled.report["rewrites"].items()) or "none"
     console.print(f"compiled {model} for {target} in {compiled.report['compile_seconds']:.1f} s -> {output}")
     console.print(f"passes: {', '.join(compiled.report['passes']) or 'none'}; rewrites: {rewrites}")
+    tuning = compiled.report.get("tuning")
+    if tuning and "tasks" in tuning:
+        console.print(f"tuned {tuning['tasks']} kernel(s) with {tuning['trials']} trials ({tuning['cost_model']} cost model) "
+                      f"-> {tuning['database']}")
+    elif tuning:
+        console.print(f"applied the tuning database {tuning['database']}")
     error = compiled.report["details"].get("prune", {}).get("error")
     if error:
         console.print(f"prune changed the outputs: max abs error {error['max_abs']:.3g} "

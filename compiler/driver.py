@@ -58,6 +58,8 @@ def compile(  # noqa: A001 - the public name the API promises
     num_threads: int | None = None,
     backend: str = "tvm",
     pass_options: dict[str, dict] | None = None,
+    tune: int = 0,
+    tuning_db: str | None = None,
     **target_options,
 ) -> CompiledModel:
     """Compile an ONNX model (path, ModelProto or Graph) for ``target``.
@@ -65,6 +67,9 @@ def compile(  # noqa: A001 - the public name the API promises
     ``passes``: ``"default"`` (every exact pass), ``[]`` (plain TVM), or pass names.
     ``dims`` / ``shapes`` pin symbolic input dims; ``num_threads`` sizes the thread pool;
     ``pass_options`` maps a pass name to its options (e.g. ``{"sparse-weights": {"policy": "always"}}``);
+    ``tune``: MetaSchedule trials to spend on this model's kernels first (CPU targets; slow, opt-in);
+    results go to the tuning database (``tuning_db``: a folder, default $SPARSEC_TUNING_DB or
+    ~/.cache/sparsec/tuning; "off" ignores it), which every later compile for the target applies;
     other keywords are target options (``mcpu``, ``arch``; see ``sparsec targets``).
     """
     from sparsec.backends import get_backend
@@ -73,7 +78,7 @@ def compile(  # noqa: A001 - the public name the API promises
     graph, source_hash = as_graph(model)
     prep = prepare(graph, dims=dims, shapes=shapes)
     pass_list = resolve_passes(passes)
-    options = dict(target_options, num_threads=num_threads)
+    options = dict(target_options, num_threads=num_threads, tune=tune, tuning_db=tuning_db)
     pass_report = PassManager(pass_list).run(graph, PassContext(target=target, options=options,
                                                                          pass_options=dict(pass_options or {})))
     try:
@@ -97,6 +102,7 @@ def compile(  # noqa: A001 - the public name the API promises
         "details": pass_report["details"],
         "prepare": prep,
         "weight_bytes": weight_bytes(graph),
+        "tuning": getattr(runner, "tuning", None),
         "compile_seconds": round(time.perf_counter() - start, 3),
         "source_sha256": source_hash,
     }

@@ -1,5 +1,11 @@
+import os
+import tempfile
+
 import numpy as np
 import pytest
+
+# Tests never read or write the user's tuning database (a tuned kernel would change what they test).
+os.environ["SPARSEC_TUNING_DB"] = tempfile.mkdtemp(prefix="sparsec-test-tuning-")
 
 from sparsec.backends import ort
 

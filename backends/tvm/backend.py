@@ -25,8 +25,9 @@ class TVMBackend:
         spec = get_target(target)
         tvm_target = spec.make(options)
         mod, _ = lower_to_relax(graph)
+        tuning, database = _tuning(spec, tvm_target, mod, options)
         try:
-            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.pipeline(tvm_target))
+            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.pipeline(tvm_target, database))
         except SparsecError:
             raise
         except Exception as err:  # TVM raises its own error types from C++
@@ -37,11 +38,39 @@ class TVMBackend:
                 message += (f" (the model has symbolic input dims {symbols}; pinning them often helps: "
                             f"dims={{{', '.join(repr(s) + ': N' for s in symbols)}}} or --dim NAME=N)")
             raise CompileError(message) from err
-        return TVMRunner(executable, target, str(tvm_target), options.get("num_threads"))
+        runner = TVMRunner(executable, target, str(tvm_target), options.get("num_threads"))
+        runner.tuning = tuning
+        return runner
 
     def load(self, folder: Path, manifest: dict) -> "TVMRunner":
         module = tvm.runtime.load_module(str(folder / LIBRARY))
         return TVMRunner(module, manifest["target"], manifest.get("tvm_target", ""), manifest.get("num_threads"))
+
+
+def _tuning(spec, tvm_target, mod, options: dict) -> tuple[dict | None, object]:
+    """Tune first when asked (``tune``: trials); then the database to apply, if it has records.
+    ``tuning_db``: its folder (default: the user cache), or "off" to compile without it."""
+    trials, where = options.get("tune"), options.get("tuning_db")
+    if where == "off":
+        if trials:
+            raise SparsecError("--tune needs a tuning database: drop --tuning-db off")
+        return None, None
+    if not trials and not spec.tunable:
+        return None, None
+    if trials and not spec.tunable:
+        raise SparsecError(f"--tune runs on CPU targets only (candidates are timed on this machine), not {spec.name!r}")
+    from . import tuning
+    from .pipeline import cpu_prepare_passes, cpu_rules
+
+    folder = tuning.database_folder(where)
+    summary = None
+    if trials:
+        with tvm_target:
+            prepared = tvm.transform.Sequential(cpu_prepare_passes(tvm_target))(mod)
+        summary = tuning.tune(prepared, tvm_target, int(trials), folder, cpu_rules())
+    if not tuning.has_records(folder):
+        return summary, None
+    return summary or {"database": str(folder)}, tuning.open_database(folder)
 
 
 class TVMRunner:

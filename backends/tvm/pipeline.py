@@ -105,10 +105,14 @@ def mark_single_buffer_noalias() -> tvm.transform.Pass:
     return _pass
 
 
-def cpu_schedule_pass():
+def cpu_rules() -> list:
     # Row-wise reduction chains (softmax, layer norm) go to dlight's CPU Reduction rule: one
     # parallel loop over rows with every block computed at it, instead of a pass per block.
-    return dlight.ApplyDefaultSchedule(CPUMatmul(), CPUConv(), _RowReduction(dlight.cpu.Reduction()), CPUFallback())
+    return [CPUMatmul(), CPUConv(), _RowReduction(dlight.cpu.Reduction()), CPUFallback()]
+
+
+def cpu_schedule_pass():
+    return dlight.ApplyDefaultSchedule(*cpu_rules())
 
 
 class _Guarded(dlight.ScheduleRule):
@@ -153,30 +157,42 @@ def _reduces_to_one_element(func) -> bool:
     return False
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def cpu_prepare_passes(target: tvm.target.Target) -> list:
+    """Library dispatch and legalization: the module whose kernels are scheduled (or tuned)."""
+    return (cpu_generic.library_dispatch_passes(target)
+            # exp, erf, tanh (and softmax, sigmoid, SiLU, GELU built on them) as vectorisable
+            # polynomials instead of scalar libm calls: 3.3e-7 relative error at most, measured
+            # over [-12, 12] (a few float32 ulps); GELU's erf alone was 14 of MiniLM's 60 ms.
+            + [fast_math()]
+            + cpu_generic.legalize_passes(target)
+            + [relax.transform.AttachAttrLayoutFreeBuffers()])
+
+
+def cpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass:
+    """``database``: a MetaSchedule database (``--tune``) whose records replace sparsec's
+    schedules for the kernels they cover."""
     @tvm.transform.module_pass(opt_level=0, name="sparsec.cpu_pipeline")
     def _pipeline(mod, _ctx):
         with target:
+            tuned = [relax.transform.MetaScheduleApplyDatabase()] if database is not None else []
             seq = tvm.transform.Sequential(
-                cpu_generic.library_dispatch_passes(target)
-                # exp, erf, tanh (and softmax, sigmoid, SiLU, GELU built on them) as vectorisable
-                # polynomials instead of scalar libm calls: 3.3e-7 relative error at most, measured
-                # over [-12, 12] (a few float32 ulps); GELU's erf alone was 14 of MiniLM's 60 ms.
-                + [fast_math()]
-                + cpu_generic.legalize_passes(target)
+                cpu_prepare_passes(target)
                 # Constant weights may be re-laid out by the schedules (packed GEMM panels): the
                 # layout rewrites are split out and folded into the constants at compile time.
-                + [relax.transform.AttachAttrLayoutFreeBuffers(), cpu_schedule_pass(),
-                   split_layout_rewrites(), relax.transform.FoldConstant()]
+                + tuned
+                + [cpu_schedule_pass(), split_layout_rewrites(), relax.transform.FoldConstant()]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
                 + [mark_single_buffer_noalias()]
             )
-            return seq(mod)
+            if database is None:
+                return seq(mod)
+            with database:
+                return seq(mod)
 
     return _pipeline
 
 
-def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def gpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass:
     # TVM's GPU pipeline legalizes and applies dlight's GPU rules (Matmul, GEMV, Reduction, ...).
     return relax.get_default_pipeline(target)

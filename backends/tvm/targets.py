@@ -17,10 +17,11 @@ class TargetSpec:
     name: str
     description: str
     make: Callable[[dict], "object"]  # options -> tvm.target.Target
-    pipeline: Callable[["object"], "object"]  # tvm Target -> tvm.transform.Pass
+    pipeline: Callable[..., "object"]  # (tvm Target, tuning database or None) -> tvm.transform.Pass
     device: Callable[[], "object"]  # -> tvm runtime device
     can_run: Callable[[], tuple[bool, str]]  # (runnable here?, why not)
     options: dict = field(default_factory=dict)  # option name -> help
+    tunable: bool = False  # MetaSchedule can time candidates here (--tune)
 
 
 _TARGETS: dict[str, TargetSpec] = {}
@@ -92,16 +93,16 @@ def _llvm_target(options: dict):
     return tvm.target.Target(config)
 
 
-def _cpu_pipeline(target):
+def _cpu_pipeline(target, database=None):
     from .pipeline import cpu_pipeline
 
-    return cpu_pipeline(target)
+    return cpu_pipeline(target, database)
 
 
-def _gpu_pipeline(target):
+def _gpu_pipeline(target, database=None):
     from .pipeline import gpu_pipeline
 
-    return gpu_pipeline(target)
+    return gpu_pipeline(target, database)
 
 
 def _device(kind: str):
@@ -150,7 +151,7 @@ def _detected_cuda_arch() -> str | None:
 register_target(TargetSpec(
     "llvm", "this host's CPU through LLVM (mcpu detected, vectorised and multi-threaded)",
     _llvm_target, _cpu_pipeline, _device("cpu"), lambda: (True, ""),
-    {"mcpu": "LLVM CPU name (default: detected)", "num_cores": "threads (default: all cores)"}))
+    {"mcpu": "LLVM CPU name (default: detected)", "num_cores": "threads (default: all cores)"}, tunable=True))
 register_target(TargetSpec(
     "cuda", "NVIDIA GPUs (CUDA); compiles without a GPU, runs where one exists",
     _cuda_target, _gpu_pipeline, _device("cuda"), _runtime_exists("cuda"),
