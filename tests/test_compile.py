@@ -75,6 +75,12 @@ def test_symbolic_rows_keep_register_tiles(rng):
         assert local or m is sparse
         for buffer in local:
             assert all(isinstance(d, tvm.tirx.IntImm) for d in buffer.shape), buffer
+    # only functions that cannot alias (one buffer) are marked: others keep what TVM gave them
+    from sparsec.backends.tvm.pipeline import mark_single_buffer_noalias
+
+    stripped = tvm.IRModule({name: f.without_attr("tirx.noalias") for name, f in prims.items()})
+    marked = mark_single_buffer_noalias()(stripped)
+    assert {gv.name_hint for gv, f in marked.functions_items() if f.attrs.get("tirx.noalias", False)} == {"shape_func"}
     compiled, compiled_sparse = sparsec.compile(model), sparsec.compile(sparse)
     assert compiled_sparse.report["rewrites"] == {"sparse-weights.bsr": 2}
     for rows in (1, 7, 13, 32):

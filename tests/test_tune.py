@@ -81,3 +81,12 @@ def test_tune_refuses_targets_it_cannot_time(tmp_path):
         sparsec.compile(model, tune=-1, tuning_db=str(tmp_path))
     with pytest.raises(SparsecError, match="drop --tuning-db off"):
         sparsec.compile(model, tune=4, tuning_db="off")
+
+
+def test_bench_compares_tuned_and_untuned(tuned):
+    model, folder, _ = tuned
+    result = sparsec.bench(model, backends=["ort", "untuned", "sparsec"], tuning_db=str(folder), repeat=2, warmup=1,
+                           threads=1)
+    assert result.to_dict()["settings"]["tuning_db"] == str(folder)
+    assert not result.mismatches
+    assert {r.backend for r in result.cases[0].results} == {"ort", "untuned@llvm", "sparsec@llvm"}

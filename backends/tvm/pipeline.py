@@ -98,7 +98,7 @@ def mark_single_buffer_noalias() -> tvm.transform.Pass:
     def _pass(mod, _ctx):
         for gv, func in list(mod.functions_items()):
             if (isinstance(func, tvm.tirx.PrimFunc) and not func.attrs.get("tirx.noalias", False)
-                    and sum(1 for p in func.params if p.dtype == "handle") <= 1):
+                    and sum(1 for p in func.params if isinstance(p.ty, (tvm.tirx.BufferType, tvm.ir.PointerType))) <= 1):
                 mod[gv] = func.with_attr("tirx.noalias", True)
         return mod
 

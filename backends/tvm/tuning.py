@@ -78,7 +78,8 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, folder: Path
         raise SparsecError(f"--tune expects a positive number of trials, got {trials}")
     cost_model = _require_tuning_packages()
     tasks = [task for task in ms.relax_integration.extract_tasks(mod, target)
-             if not _is_scheduled(task.dispatched[0])]  # sparsec's own kernels come scheduled
+             if not _is_scheduled(task.dispatched[0])  # sparsec's own kernels come scheduled
+             and _float_only(task.dispatched[0]["main"])]
     summary = {"database": str(folder), "trials": trials, "tasks": len(tasks), "cost_model": cost_model}
     if not tasks:
         return summary
@@ -130,6 +131,13 @@ def _register_cpu_intrinsics() -> None:
     sys.modules[name] = package
     arch = "arm_cpu" if platform.machine().lower() in ("aarch64", "arm64") else "x86"
     importlib.import_module(f"{name}.{arch}")
+
+
+def _float_only(func) -> bool:
+    """Kernels with integer or boolean buffers (gathers by index, masks) are not tuned: candidates
+    are timed on random data, and random indices read out of bounds (a crash, in this process)."""
+    return all(str(p.ty.dtype).startswith(("float", "bfloat")) for p in func.params
+               if isinstance(p.ty, tvm.tirx.BufferType))
 
 
 def _is_scheduled(mod: tvm.IRModule) -> bool:

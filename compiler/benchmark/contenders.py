@@ -41,6 +41,7 @@ class Settings:
     dims: dict | None  # symbolic dims pinned for this case (compiled contenders need them)
     shapes: dict | None = None  # whole input shapes pinned (for unnamed dims)
     pass_options: dict | None = None  # pass name -> options, for every sparsec contender
+    tuning_db: str | None = None  # tuning database for the sparsec contenders (None: the default one)
 
 
 class Contender:
@@ -90,10 +91,11 @@ class ORTCudaContender(ORTContender):
 class SparsecContender(Contender):
     """sparsec's TVM build of the model for one target, with a given pass list."""
 
-    def __init__(self, kind: str, target: str, pass_spec: "str | list[str]"):
+    def __init__(self, kind: str, target: str, pass_spec: "str | list[str]", tuning_db: str | None = None):
         self.kind = kind
         self.target = target
         self.pass_spec = pass_spec
+        self.tuning_db = tuning_db  # overrides the run's ("off": compile without tuning records)
 
     @property
     def passes(self) -> str:
@@ -108,7 +110,7 @@ class SparsecContender(Contender):
             raise Skipped(why)
         compiled = sparsec_compile(str(model), target=self.target, passes=self.pass_spec, dims=settings.dims,
                                    shapes=settings.shapes, num_threads=settings.threads,
-                                   pass_options=settings.pass_options)
+                                   pass_options=settings.pass_options, tuning_db=self.tuning_db or settings.tuning_db)
         return Prepared(run=compiled.run, compile_seconds=compiled.report["compile_seconds"],
                         weight_bytes=compiled.report["weight_bytes"], passes=compiled.report["passes"],
                         rewrites=compiled.report["rewrites"])
@@ -127,6 +129,9 @@ register_contender("ort", lambda kind, target, passes: ORTContender(kind), per_t
 register_contender("ort-cuda", lambda kind, target, passes: ORTCudaContender(kind), per_target=False)
 register_contender("tvm", lambda kind, target, passes: SparsecContender(kind, target, []), per_target=True)
 register_contender("sparsec", lambda kind, target, passes: SparsecContender(kind, target, passes), per_target=True)
+# sparsec without the tuning database: side by side with "sparsec", what --tune gained
+register_contender("untuned", lambda kind, target, passes: SparsecContender(kind, target, passes, tuning_db="off"),
+                   per_target=True)
 
 
 def contender_kinds() -> list[str]:

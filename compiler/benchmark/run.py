@@ -45,6 +45,7 @@ def bench(
     dims: dict[str, int] | None = None,
     shapes: dict[str, list[int]] | None = None,
     pass_options: dict[str, dict] | None = None,
+    tuning_db: str | None = None,
     inputs: "str | os.PathLike | dict | None" = None,
     repeat: int = 20,
     warmup: int = 3,
@@ -72,16 +73,17 @@ def bench(
         for model_case in _model_cases(models):
             path = _as_file(model_case, Path(scratch))
             for size in batches:
-                cases.append(_bench_case(model_case, path, size, dims, shapes, pass_options, inputs, contenders, threads, repeat, warmup,
-                                         rtol, atol, seed, progress))
+                cases.append(_bench_case(model_case, path, size, dims, shapes, pass_options, tuning_db, inputs, contenders,
+                                         threads, repeat, warmup, rtol, atol, seed, progress))
     settings = {"threads": threads, "repeat": repeat, "warmup": warmup, "rtol": rtol, "atol": atol, "seed": seed,
                 "backends": [c.label for c in contenders], "passes": passes if isinstance(passes, str) else list(passes),
-                "tvm_thread_pool_spin_count": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT")}
+                "tvm_thread_pool_spin_count": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT"), "tuning_db": tuning_db}
     return BenchResult(machine=machine(), versions=versions(), settings=settings, cases=cases,
                        command=command or "sparsec.bench(...)", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
-def _bench_case(model_case, path, size, dims, shapes, pass_options, inputs, contenders, threads, repeat, warmup, rtol, atol, seed, progress):
+def _bench_case(model_case, path, size, dims, shapes, pass_options, tuning_db, inputs, contenders, threads, repeat, warmup, rtol,
+                atol, seed, progress):
     graph = load(path)
     case_dims = {**batch_dims(graph, size), **(dims or {})}
     if isinstance(inputs, dict):
@@ -95,7 +97,7 @@ def _bench_case(model_case, path, size, dims, shapes, pass_options, inputs, cont
                       sha256=hash_file(path), batch=size, dims=case_dims, params=dict(model_case.params),
                       inputs=[{"name": k, "dtype": str(v.dtype), "shape": list(v.shape)} for k, v in feeds.items()])
     reference, reference_error = _reference(path, feeds, threads)
-    settings = Settings(threads=threads, dims=case_dims or None, shapes=shapes, pass_options=pass_options)
+    settings = Settings(threads=threads, dims=case_dims or None, shapes=shapes, pass_options=pass_options, tuning_db=tuning_db)
     ready: dict[str, Prepared] = {}
     total = len(contenders) + repeat
     for step, contender in enumerate(contenders):
