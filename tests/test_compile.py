@@ -89,6 +89,37 @@ def test_symbolic_rows_keep_register_tiles(rng):
         assert_matches_ort(compiled_sparse, sparse, x)
 
 
+@pytest.mark.parametrize("op, shape", [("LayerNormalization", [3, 5, 64]), ("Softmax", [2, 3, 7, 48]),
+                                       ("RMSNorm", [1, 1, 32]), ("Softmax", [4, 37])])
+def test_row_reductions_vectorised(op, shape, rng):
+    """Softmax / layer norm / RMSNorm rows whose length is a multiple of the vector width get their
+    reductions split into lanes (rfactor: *_rf blocks); other lengths keep the scalar rule. Both
+    match ORT."""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    d = shape[-1]
+    if op == "LayerNormalization":
+        nodes = [helper.make_node(op, ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-5)]
+        inits = [numpy_helper.from_array(rng.standard_normal(d).astype(np.float32), "g"),
+                 numpy_helper.from_array(rng.standard_normal(d).astype(np.float32), "b")]
+    elif op == "Softmax":
+        nodes, inits = [helper.make_node(op, ["x"], ["y"], axis=-1)], []
+    else:
+        nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("ReduceMean", ["sq", "axes"], ["ms"]),
+                 helper.make_node("Add", ["ms", "eps"], ["mse"]), helper.make_node("Sqrt", ["mse"], ["rms"]),
+                 helper.make_node("Div", ["x", "rms"], ["y"])]
+        inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"), numpy_helper.from_array(np.float32(1e-5), "eps")]
+    model = make(nodes, [f32("x", shape)], [f32("y", shape)], inits, opset=18)
+    assert_matches_ort(sparsec.compile(model), model, {"x": (3 * rng.standard_normal(shape)).astype(np.float32)})
+    names = []
+    for _, func in _scheduled_module(model).functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            tvm_ffi.structural_walk(func.body, (s_tir.SBlock, lambda b: names.append(b.name_hint)))
+    lanes = __import__("sparsec.backends.tvm.targets", fromlist=["x"]).host_vector_lanes()
+    assert any("_rf_" in n for n in names) == (d % lanes == 0 and d > lanes), names
+
+
 @pytest.mark.parametrize("n", [1000, 36, 30, 80])
 def test_one_token_norm_and_projection(n, rng):
     """Decoding shapes: an RMSNorm over a single token (reduces to one element) and a one-row

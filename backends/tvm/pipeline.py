@@ -9,7 +9,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import get_root_block
 
-from .schedules.cpu import LAYOUT_REWRITE, CPUConv, CPUFallback, CPUMatmul
+from .schedules.cpu import LAYOUT_REWRITE, CPUConv, CPUFallback, CPUMatmul, CPURowReduction
 
 
 # relax op -> its fast float32 version (TE). TVM's own FastMathTransform does the same but
@@ -106,9 +106,10 @@ def mark_single_buffer_noalias() -> tvm.transform.Pass:
 
 
 def cpu_rules() -> list:
-    # Row-wise reduction chains (softmax, layer norm) go to dlight's CPU Reduction rule: one
-    # parallel loop over rows with every block computed at it, instead of a pass per block.
-    return [CPUMatmul(), CPUConv(), _RowReduction(dlight.cpu.Reduction()), CPUFallback()]
+    # Row-wise reduction chains (softmax, layer norm): one parallel loop over rows with every block
+    # computed at it, the reductions vectorised where their length is a multiple of the vector
+    # width (CPURowReduction), else dlight's CPU Reduction rule (scalar reductions).
+    return [CPUMatmul(), CPUConv(), _Guarded(CPURowReduction()), _RowReduction(dlight.cpu.Reduction()), CPUFallback()]
 
 
 def cpu_schedule_pass():

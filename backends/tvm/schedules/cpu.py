@@ -6,6 +6,8 @@
   local tile, the fused epilogue (bias, activation, residual) applied when the tile is written
   back, parallel over tiles; one-row products as vector-matrix products.
 - ``CPUConv``: NCHW convolutions (grouped, depthwise) as channel x vector register tiles.
+- ``CPURowReduction``: row-wise reduction chains (softmax, layer norm, RMSNorm) with every
+  reduction over the rows' last axis vectorised (partial sums in vector lanes, then one short sum).
 - ``CPUFallback``: everything else: spatial producers inlined, leading data-parallel loops of
   each block fused and run in parallel, the innermost loop vectorised when its extent allows.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.analysis import get_root_block, normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import get_sblockrealize
 from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
 from tvm.s_tir.dlight.base import ScheduleRule
@@ -289,6 +291,81 @@ class CPUConv(_CPURule):
                 sch.parallel(sch.fuse(*pad_loops[:-1]))
         _schedule_remaining(sch, target, skip=_scheduled_names(sch, main) | {sch.get(b).name_hint for b in padded})
         return sch
+
+
+class CPURowReduction(_CPURule):
+    """Row-wise reduction chains: softmax (max -> exp -> sum -> divide), layer norm (sum -> mean ->
+    variance -> normalise), RMSNorm. One parallel loop over the rows with every block computed at
+    it (as dlight's CPU Reduction rule does), but each reduction over a static axis that is a
+    multiple of the vector width is first split and rfactored: LANES partial sums (or maxima)
+    accumulate in vector lanes and a short final reduction adds them, instead of one serial
+    chain of dependent scalar adds. (dlight's rule cannot: rfactor needs the reduction to be the
+    first block under its loop, so it must come before the compute_at.) Measured on MiniLM's
+    layer norm over [8, 128, 384]: 0.79 ms with dlight's rule."""
+
+    def schedule(self, func: tirx.PrimFunc, target: Target):
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or len(infos) < 2 or all(info.is_injective() for info in infos) or not infos[-1].is_injective():
+            return None
+        kinds = [info.dom_kind() for info in infos]
+        if any(not kind or kind[0] != "S" for kind in kinds):
+            return None
+        leading = min(len(kind) - len(kind.lstrip("S")) for kind in kinds)
+        lanes = _lanes(target)
+        vectorised = False
+        for info in infos:
+            if info.is_injective() or not kinds[infos.index(info)].endswith("R"):
+                continue
+            reduce_loop = sch.get_loops(info.block_rv)[-1]
+            extent = _static(sch.get(reduce_loop).extent)
+            if extent is None or extent % lanes or extent <= lanes:
+                continue
+            _, lane = sch.split(reduce_loop, [None, lanes])
+            if _try(sch.rfactor, lane, len(kinds[infos.index(info)]) - 1):
+                vectorised = True
+        if not vectorised:
+            return None  # nothing to gain over dlight's rule
+        blocks = sch.get_child_blocks(get_root_block(sch))
+        last = blocks[-1]
+        loops = sch.get_loops(last)
+        rows = sch.fuse(*loops[:leading]) if leading > 1 else loops[0]
+        sch.parallel(rows)
+        _vectorise_innermost(sch, last, lanes)
+        for block in reversed(blocks[:-1]):
+            sch.compute_at(block, rows, preserve_unit_loops=True)
+        for block in blocks[:-1]:
+            stmt = sch.get(block)
+            if stmt.name_hint.endswith("_rf"):
+                # the partial results: the K / LANES loop outside, the (data-parallel) lanes inside
+                bindings = _iter_bindings(sch, block)
+                reduce_vars = [iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+                inner = sch.get_loops(block)[1:]
+                serial = [loop for loop in inner if any(_uses_var(bindings[v], sch.get(loop).loop_var) for v in reduce_vars)]
+                lane = [loop for loop in inner if loop not in serial and _static(sch.get(loop).extent) == lanes]
+                if len(serial) != 1 or len(lane) != 1:
+                    return None
+                sch.reorder(serial[0], lane[0])
+                sch.vectorize(lane[0])
+                sch.decompose_reduction(block, serial[0])
+                continue
+            if all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars):
+                _vectorise_innermost(sch, block, lanes)
+        return sch
+
+
+def _vectorise_innermost(sch: s_tir.Schedule, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if len(loops) <= 1:
+        return
+    extent = _static(sch.get(loops[-1]).extent)
+    if extent is None or extent < 2:
+        return
+    if extent > lanes and extent % lanes == 0:
+        _, loop = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(loop)
+    elif extent <= lanes:
+        sch.vectorize(loops[-1])
 
 
 class CPUFallback(_CPURule):
