@@ -103,8 +103,10 @@ def compile_cmd(model: Path = typer.Argument(..., help="ONNX model file"),
     if tuning and "tasks" in tuning:
         console.print(f"tuned {tuning['tasks']} kernel(s) with {tuning['trials']} trials ({tuning['cost_model']} cost model) "
                       f"-> {tuning['database']}")
-    elif tuning:
+    elif tuning and tuning.get("applied"):
         console.print(f"applied the tuning database {tuning['database']}")
+    elif tuning:
+        console.print(f"did not apply the tuning database {tuning['database']}: {tuning['why']}")
     error = compiled.report["details"].get("prune", {}).get("error")
     if error:
         console.print(f"prune changed the outputs: max abs error {error['max_abs']:.3g} "

@@ -100,7 +100,7 @@ def test_mismatch_failure_and_skip_are_reported_not_hidden(mlp_file, tmp_path):
 
 
 def test_cli_writes_every_output(mlp_file, tmp_path, capsys):
-    out = {ext: tmp_path / f"r.{ext}" for ext in ("json", "csv", "md", "png")}
+    out = {ext: tmp_path / "new" / ext / f"r.{ext}" for ext in ("json", "csv", "md", "png")}  # folders made as needed
     with pytest.raises(SystemExit) as done:
         main(["bench", str(mlp_file), "--batch", "1,3", "--backends", "ort,sparsec", "--repeat", "3", "--warmup", "1",
               "--threads", "1", "--json", str(out["json"]), "--csv", str(out["csv"]), "--markdown", str(out["md"]),

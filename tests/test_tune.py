@@ -35,9 +35,23 @@ def test_tuning_records_and_applies_the_database(tuned, rng):
     assert_matches_ort(compiled, model, x)
     # a later compile applies the database without tuning; "off" ignores it
     again = sparsec.compile(model, tuning_db=str(folder))
-    assert again.report["tuning"] == {"database": str(folder)}
+    assert again.report["tuning"] == {"database": str(folder), "applied": True}
     assert_matches_ort(again, model, x)
     assert sparsec.compile(model, tuning_db="off").report["tuning"] is None
+
+
+def test_a_database_tuned_against_other_schedules_is_not_applied(tuned, tmp_path):
+    """Its records beat sparsec's schedules of that time, maybe not today's."""
+    import shutil
+
+    model, folder, _ = tuned
+    copy = tmp_path / "old"
+    shutil.copytree(folder, copy)
+    (copy / "sparsec.json").write_text('{"schedules": "an older build"}')
+    report = sparsec.compile(model, tuning_db=str(copy)).report["tuning"]
+    assert report["applied"] is False and "tune again" in report["why"]
+    retuned = sparsec.compile(model, tune=4, tuning_db=str(copy)).report["tuning"]
+    assert retuned["replaced_stale_database"] and retuned["applied"]
 
 
 def test_applied_schedules_are_the_fastest_recorded(tuned):

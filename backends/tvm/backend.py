@@ -68,9 +68,13 @@ def _tuning(spec, tvm_target, mod, options: dict) -> tuple[dict | None, object]:
         with tvm_target:
             prepared = tvm.transform.Sequential(cpu_prepare_passes(tvm_target))(mod)
         summary = tuning.tune(prepared, tvm_target, int(trials), folder, cpu_rules())
-    if not tuning.has_records(folder):
+    found = tuning.state(folder)
+    if found == "empty":
         return summary, None
-    return summary or {"database": str(folder)}, tuning.open_database(folder)
+    if found == "stale":
+        return {"database": str(folder), "applied": False,
+                "why": "it was tuned against other sparsec schedules (an older build): tune again to use it"}, None
+    return {**(summary or {}), "database": str(folder), "applied": True}, tuning.open_database(folder)
 
 
 class TVMRunner:

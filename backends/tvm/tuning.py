@@ -14,7 +14,9 @@ worker processes that import TVM (and torch, where installed) and time out on sm
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import json
 import logging
 import os
 import platform
@@ -43,9 +45,31 @@ def database_folder(path: "str | os.PathLike | None" = None) -> Path:
     return cache / "sparsec" / "tuning"
 
 
-def has_records(folder: Path) -> bool:
+_STAMP = "sparsec.json"
+
+
+@functools.cache
+def schedules_fingerprint() -> str:
+    """What the database's records were measured against: sparsec's own CPU schedules (their
+    source) and TVM's version. A record that beat sparsec's schedule of a kernel when it was tuned
+    may lose to a later, better one: a database stamped with another fingerprint is not applied."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256(tvm.__version__.encode())
+    for source in (here / "schedules" / "cpu.py", here / "pipeline.py"):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def state(folder: Path) -> str:
+    """"empty", "stale" (made against other schedules) or "ok"."""
     records = folder / _RECORDS
-    return records.is_file() and records.stat().st_size > 0
+    if not records.is_file() or records.stat().st_size == 0:
+        return "empty"
+    try:
+        stamp = json.loads((folder / _STAMP).read_text()).get("schedules")
+    except (OSError, ValueError):
+        stamp = None
+    return "ok" if stamp == schedules_fingerprint() else "stale"
 
 
 def open_database(folder: Path):
@@ -83,7 +107,12 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, folder: Path
     summary = {"database": str(folder), "trials": trials, "tasks": len(tasks), "cost_model": cost_model}
     if not tasks:
         return summary
+    if state(folder) == "stale":  # records measured against other schedules: start afresh
+        for name in (_RECORDS, _WORKLOADS):
+            (folder / name).unlink(missing_ok=True)
+        summary["replaced_stale_database"] = True
     database = open_database(folder)
+    (folder / _STAMP).write_text(json.dumps({"schedules": schedules_fingerprint(), "tvm": tvm.__version__}) + "\n")
     _register_cpu_intrinsics()
     builder_class, runner_class = _in_process_measurers()
     builder, runner = builder_class(), runner_class()

@@ -86,7 +86,7 @@ class BenchResult:
     def to_json(self, path: "str | Path | None" = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            _writable(path).write_text(text + "\n")
         return text
 
     def to_csv(self, path: "str | Path | None" = None) -> str:
@@ -97,7 +97,7 @@ class BenchResult:
         writer.writeheader()
         writer.writerows(rows)
         if path is not None:
-            Path(path).write_text(buffer.getvalue())
+            _writable(path).write_text(buffer.getvalue())
         return buffer.getvalue()
 
     def to_markdown(self, path: "str | Path | None" = None) -> str:
@@ -119,7 +119,7 @@ class BenchResult:
                 f"{_mb(row['weight_bytes'])} | {_mb(row['peak_memory_bytes'])} | {row['rewrites'] or '-'} |")
         text = "\n".join(lines) + "\n"
         if path is not None:
-            Path(path).write_text(text)
+            _writable(path).write_text(text)
         return text
 
     def table(self):
@@ -147,7 +147,7 @@ class BenchResult:
         over parameter ``sweep``, speed-up vs ORT (or median time without ORT) against it."""
         from .plot import bar_chart, sweep_chart
 
-        path = Path(path)
+        path = _writable(path)
         if sweep:
             sweep_chart(self, sweep, path)
         else:
@@ -186,3 +186,10 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text or "")
+
+
+def _writable(path: "str | Path") -> Path:
+    """The path, its folder created (``--json out/bench/x.json`` into a fresh checkout)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
