@@ -180,6 +180,24 @@ def test_conv_block(rng):
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((2, 3, 11, 11)).astype(np.float32)})
 
 
+@pytest.mark.parametrize("cin, cout, k, size, group", [
+    (12, 24, 3, (3, 80), 1),    # 3x3, rows of 5 vectors: a 4-channel x 5-vector register tile
+    (8, 16, 3, (5, 37), 1),     # 3x3, a row that is not whole vectors (predicated tail)
+    (16, 32, 1, (4, 32), 1),    # 1x1 over whole vectors: the convolution schedule
+    (24, 24, 1, (5, 20), 1),    # 1x1 over a ragged row: the GEMM schedule
+    (16, 16, 3, (4, 48), 16),   # depthwise
+])
+def test_conv_tiles(cin, cout, k, size, group, rng):
+    """Every convolution tile shape and the 1x1 hand-off to the GEMM rule, with the epilogue fused."""
+    w = numpy_helper.from_array((rng.standard_normal((cout, cin // group, k, k)) / k).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[k // 2] * 4, group=group),
+             helper.make_node("Relu", ["c"], ["y"])]
+    shape = [1, cin, *size]
+    model = make(nodes, [f32("x", shape)], [f32("y", [1, cout, *size])], [w, b])
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal(shape).astype(np.float32)})
+
+
 def test_report_and_passes_contract():
     model = mlp((8, 8))
     compiled = sparsec.compile(model, passes=[])
