@@ -158,6 +158,18 @@ def test_attention_block(rng):
         assert_matches_ort(compiled, model, {"x": rng.standard_normal((b, s, d)).astype(np.float32)})
 
 
+def test_attention_scores_with_symbolic_rows_and_columns(rng):
+    """q @ k^T with batch and sequence symbolic: rows and columns both padded to whole tiles
+    (a column tail there once lost its predicate and wrote wrong results)."""
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), helper.make_node("MatMul", ["q", "kt"], ["y"])]
+    model = make(nodes, [f32("q", ["b", 4, "s", 32]), f32("k", ["b", 4, "s", 32])], [f32("y", ["b", 4, "s", "s"])])
+    compiled = sparsec.compile(model)
+    for b, s in ((1, 7), (2, 33), (1, 64)):
+        feeds = {"q": rng.standard_normal((b, 4, s, 32)).astype(np.float32),
+                 "k": rng.standard_normal((b, 4, s, 32)).astype(np.float32)}
+        assert_matches_ort(compiled, model, feeds)
+
+
 def test_gemm_transposed_and_scaled(rng):
     w = numpy_helper.from_array(rng.standard_normal((21, 30)).astype(np.float32), "w")
     c = numpy_helper.from_array(rng.standard_normal(21).astype(np.float32), "c")

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable
 
 import onnx
+import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -77,6 +78,10 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
         if node is not None and (node.domain, node.op_type) in _LOWERINGS:
             result = _LOWERINGS[(node.domain, node.op_type)](self.bb, node, list(inputs), attrs)
             return self.bb.normalize(result) if isinstance(result, relax.Expr) else result
+        if op_name == "Range":
+            symbolic = _symbolic_range(self.bb, inputs)
+            if symbolic is not None:
+                return symbolic
         try:
             return super()._convert_operator(op_name, inputs, attrs, opset)
         except SparsecError:
@@ -86,6 +91,30 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
             detail = str(err).strip().splitlines()
             raise CompileError(f"TVM cannot convert {op_name} (node {name!r}, opset {opset}): "
                                f"{detail[-1] if detail else type(err).__name__}") from err
+
+
+def _symbolic_range(bb: relax.BlockBuilder, inputs: list):
+    """``Range(start, limit, delta)`` with integer constants and symbolic dims (``Range(0,
+    sequence, 1)`` for position ids) as one ``arange`` whose length is an expression of those dims.
+    TVM's converter computes the length in a tensor and binds it to a fresh variable, which memory
+    planning then needs before it exists (unpinned HF exports failed to build)."""
+    values = []
+    for item in inputs:
+        if tvm.ir.is_prim_expr(item):
+            if not str(getattr(item, "dtype", None) or item.ty).startswith("int"):
+                return None
+            values.append(item)
+        elif isinstance(item, tvm.ir.GenericConst) and item.value.numpy().size == 1 and item.value.numpy().dtype.kind == "i":
+            values.append(int(item.value.numpy().reshape(())))
+        else:
+            return None
+    if not any(tvm.ir.is_prim_expr(v) for v in values):
+        return None  # all constant: TVM's converter folds it
+    start, limit, delta = values
+    if not isinstance(delta, int) or delta == 0:
+        return None
+    dtype = str(inputs[0].value.numpy().dtype) if isinstance(inputs[0], tvm.ir.GenericConst) else "int64"
+    return bb.normalize(relax.op.arange(start, limit, delta, dtype))
 
 
 def lower_to_relax(graph: Graph, backend: str = "tvm"):

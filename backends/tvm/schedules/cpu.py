@@ -107,7 +107,6 @@ class CPUMatmul(_CPURule):
         if get_index_map(sch.get(main)) is None:
             # No row axis left (one row, legalised away): a vector-matrix product.
             return _vector_matrix(func, target)
-        row_axes = sum(1 for t in detect_iter_traits(sch.get(main))[3] if t.kind == IterKind.kIter_I)
         # Normalise to [S, I, J, K] (batch, rows, columns, reduction).
         reindex_a = sch.reindex(main, ("read", 0))
         reindex_b = sch.reindex(main, ("read", 1))
@@ -125,24 +124,26 @@ class CPUMatmul(_CPURule):
         # not a power of two, e.g. 48, made LLVM's code 8x slower).
         row_tiles = (8, 4) if lanes >= 16 else (6, 4)
         if m_extent is None:
-            # A symbolic row count is padded to a multiple of MR (rows of zeros in, the extra rows
-            # dropped on the way out): the register tile computes without a row predicate, which
-            # had made it an M x N buffer in memory (2.6x slower than static rows, measured).
             mr = row_tiles[0]
-            sch.pad_einsum(main, [1, mr, 1, 1])
         else:
             mr = 1 if m_extent == 1 else next((f for f in row_tiles if m_extent % f == 0), 4)
-        sch.compute_inline(reindex_a)
-        sch.compute_inline(reindex_b)
-        for block in sch.get_producers(main):  # e.g. a transpose feeding the GEMM
-            _try(sch.compute_inline, block)
-        s, i, j, k = sch.get_loops(main)
         # A column tile that divides N leaves no column tail: TVM 0.27's reverse_compute_at drops
         # the column predicate of the write-back when rows are fused from several axes.
         if n_extent is not None:
             nr = next(f for f in (2 * lanes, lanes, 8, 4, 2, 1) if n_extent % f == 0)
         else:
-            nr = 2 * lanes if row_axes <= 1 else 1
+            nr = 2 * lanes
+        if m_extent is None or n_extent is None:
+            # Symbolic rows or columns are padded to whole tiles (zeros in, the extra results
+            # dropped on the way out): no predicate inside the tile, which had made it an M x N
+            # buffer in memory (2.6x slower than static rows), and no column tail for
+            # reverse_compute_at to get wrong (it did: attention scores with a symbolic sequence).
+            sch.pad_einsum(main, [1, mr if m_extent is None else 1, nr if n_extent is None else 1, 1])
+        sch.compute_inline(reindex_a)
+        sch.compute_inline(reindex_b)
+        for block in sch.get_producers(main):  # e.g. a transpose feeding the GEMM
+            _try(sch.compute_inline, block)
+        s, i, j, k = sch.get_loops(main)
         packed = _pack_weight_panels(sch, func, main, nr) if n_extent is not None and nr > 1 else None
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
