@@ -55,10 +55,10 @@ def _tuning(spec, tvm_target, mod, options: dict) -> tuple[dict | None, object]:
         if trials:
             raise SparsecError("--tune needs a tuning database: drop --tuning-db off")
         return None, None
-    if not trials and not spec.tunable:
+    if not spec.tunable:
+        if trials:
+            raise SparsecError(f"--tune runs on CPU targets only (candidates are timed on this machine), not {spec.name!r}")
         return None, None
-    if trials and not spec.tunable:
-        raise SparsecError(f"--tune runs on CPU targets only (candidates are timed on this machine), not {spec.name!r}")
     from . import tuning
     from .pipeline import cpu_prepare_passes, cpu_rules
 

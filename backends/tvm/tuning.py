@@ -33,6 +33,7 @@ from ...errors import SparsecError
 ENV_FOLDER = "SPARSEC_TUNING_DB"
 _RECORDS = "database_tuning_record.json"
 _WORKLOADS = "database_workload.json"
+_STAMP = "sparsec.json"  # the schedules fingerprint the records were measured against
 
 
 def database_folder(path: "str | os.PathLike | None" = None) -> Path:
@@ -43,9 +44,6 @@ def database_folder(path: "str | os.PathLike | None" = None) -> Path:
         return Path(os.environ[ENV_FOLDER]).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "sparsec" / "tuning"
-
-
-_STAMP = "sparsec.json"
 
 
 @functools.cache

@@ -38,7 +38,7 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
                indptr: T.Buffer((block_rows + 1,), "int32"), bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for chunk in T.parallel(chunks):
-            acc = T.alloc_buffer((mr, r), "float32", scope="local", annotations={"disable_lower_builtin": True})
+            acc = T.decl_buffer((mr, r), "float32", scope="local")
             for rb_local in range(per_chunk):
                 rb = T.meta_var(chunk * per_chunk + rb_local)
                 if rb < block_rows:
