@@ -5,7 +5,7 @@ TVM MatMul and the block-sparse kernel *with every block present* (same code pat
 work), side by side (fastest run of three interleaved rounds). The sparse kernel's time scales with the fraction of blocks kept, so the
 predicted speed-up at block density d is ``dense / (d * sparse_full)``; the rewrite is taken only
 when that is above ``1 + margin``. Results are cached in ``$SPARSEC_CACHE_DIR`` (default
-``~/.cache/sparsec``), keyed by CPU model, vector width, threads, shape and block.
+``~/.cache/sparsec``), keyed by CPU model, vector width, threads, the kernels' source, shape and block.
 """
 
 from __future__ import annotations
@@ -35,12 +35,25 @@ def row_bucket(rows: int | None) -> int:
     return next((b for b in ROW_BUCKETS if rows <= b), ROW_BUCKETS[-1])
 
 
+def kernels_fingerprint() -> str:
+    """The source of the kernels a measurement timed (dense schedules, sparse kernels) and TVM's
+    version: a measurement of older kernels is not reused (a faster dense GEMM moves the break-even)."""
+    import hashlib
+
+    from sparsec.backends.tvm.kernels import sparse
+    from sparsec.backends.tvm.tuning import schedules_fingerprint
+
+    digest = hashlib.sha256(schedules_fingerprint().encode())
+    digest.update(Path(sparse.__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 class SparseCostModel:
     def __init__(self, threads: int | None):
         from sparsec.backends.tvm.targets import host_cpu_model, host_vector_lanes
 
         self.threads = threads or os.cpu_count() or 1
-        self.host = f"{host_cpu_model()}|lanes{host_vector_lanes()}|t{self.threads}"
+        self.host = f"{host_cpu_model()}|lanes{host_vector_lanes()}|t{self.threads}|{kernels_fingerprint()}"
         self.path = cache_dir() / "sparse_cost.json"
         try:
             self.cache = json.loads(self.path.read_text())

@@ -193,7 +193,7 @@ def test_conv_block(rng):
 
 
 @pytest.mark.parametrize("cin, cout, k, size, group", [
-    (12, 24, 3, (3, 80), 1),    # 3x3, rows of 5 vectors: a 4-channel x 5-vector register tile
+    (12, 24, 3, (3, 80), 1),    # 3x3, rows of 5 AVX-512 / 10 AVX2 vectors: a multi-vector register tile
     (8, 16, 3, (5, 37), 1),     # 3x3, a row that is not whole vectors (predicated tail)
     (16, 32, 1, (4, 32), 1),    # 1x1 over whole vectors: the convolution schedule
     (24, 24, 1, (5, 20), 1),    # 1x1 over a ragged row: the GEMM schedule
@@ -208,6 +208,44 @@ def test_conv_tiles(cin, cout, k, size, group, rng):
     shape = [1, cin, *size]
     model = make(nodes, [f32("x", shape)], [f32("y", [1, cout, *size])], [w, b])
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal(shape).astype(np.float32)})
+
+
+@pytest.mark.parametrize("lanes, registers", [(16, 32), (8, 16), (4, 32)])
+def test_register_tiles_fit_the_register_file(lanes, registers):
+    """Conv and GEMM register tiles never need more vector registers than the ISA has (a tile
+    that spills ran 2x slower on AVX2), and each divides the static extents it is chosen for."""
+    from sparsec.backends.tvm.schedules.cpu import _conv_tile, _gemm_tile
+
+    for channels, width in [(24, 80), (96, 160), (8, 37), (192, 40), (3, 16)]:
+        fr, xm = _conv_tile(channels, width, lanes, registers)
+        assert fr * xm + xm + 1 <= registers and channels % fr == 0
+        assert xm == 1 or width % (xm * lanes) == 0
+    for m, n in [(1024, 1536), (128, 384), (1000, 384), (12, 128), (None, 1536), (512, None), (7, 10)]:
+        mr, nr = _gemm_tile(m, n, lanes)
+        vectors = max(1, nr // lanes)
+        assert mr * vectors + vectors + 1 <= registers
+        assert (m is None or m % mr == 0 or mr == 4) and (n is None or n % nr == 0)
+
+
+@pytest.mark.parametrize("kernel, stride, pads, group, gemm", [
+    (2, 2, 0, 1, True),    # each input pixel writes its own 2x2 patch: one GEMM and a shuffle
+    (3, 3, 0, 1, True),
+    (3, 2, 1, 1, False),   # overlapping patches: TVM's convolution over the dilated input
+    (2, 2, 0, 2, False),   # grouped
+])
+def test_conv_transpose(kernel, stride, pads, group, gemm, rng):
+    import tvm
+    cin, cout = 8, 6
+    w = numpy_helper.from_array(rng.standard_normal((cin, cout // group, kernel, kernel)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[kernel] * 2,
+                            strides=[stride] * 2, pads=[pads] * 4, group=group)
+    size = (stride * 4 - stride - 2 * pads + kernel, stride * 9 - stride - 2 * pads + kernel)
+    model = make([node], [f32("x", [2, cin, 4, 9])], [f32("y", [2, cout, *size])], [w, b])
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((2, cin, 4, 9)).astype(np.float32)})
+    kernels = [gv.name_hint for gv, f in _scheduled_module(model).functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("matmul" in k for k in kernels) == gemm
+    assert any("conv2d_transpose" in k for k in kernels) != gemm
 
 
 def test_report_and_passes_contract():

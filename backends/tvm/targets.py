@@ -68,6 +68,13 @@ def host_cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def host_vector_registers() -> int:
+    """Architectural vector registers: 32 with AVX-512 and on AArch64, 16 with AVX / AVX2 / SSE."""
+    if "avx512f" in host_cpu_flags() or platform.machine() in ("aarch64", "arm64"):
+        return 32
+    return 16
+
+
 def host_vector_lanes() -> int:
     """float32 lanes of the widest vector unit the OS lets us use."""
     flags = host_cpu_flags()

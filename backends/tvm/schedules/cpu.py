@@ -24,7 +24,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.gpu.matmul import get_index_map, get_reduction_blocks
 from tvm.target import Target
 
-from ..targets import host_vector_lanes
+from ..targets import host_vector_lanes, host_vector_registers
 
 
 def _static(extent) -> int | None:
@@ -37,6 +37,10 @@ def _is_cpu(target: Target) -> bool:
 
 def _lanes(target: Target) -> int:
     return host_vector_lanes() if target.kind.name == "llvm" else 4
+
+
+def _vector_registers(target: Target) -> int:
+    return host_vector_registers() if target.kind.name == "llvm" else 16
 
 
 def _try(fn, *args) -> bool:
@@ -119,20 +123,7 @@ class CPUMatmul(_CPURule):
         s, i, j, k = sch.get_loops(main)
         m_extent, n_extent = _static(sch.get(i).extent), _static(sch.get(j).extent)
         lanes = _lanes(target)
-        # MR x (NR / lanes) accumulators fill about half the vector registers: 8 x 2 of AVX-512's
-        # 32, 6 x 2 of AVX2's 16 (measured: 8x32 beat 6x32, 4x64 and 12x32 with AVX-512; NR that is
-        # not a power of two, e.g. 48, made LLVM's code 8x slower).
-        row_tiles = (8, 4) if lanes >= 16 else (6, 4)
-        if m_extent is None:
-            mr = row_tiles[0]
-        else:
-            mr = 1 if m_extent == 1 else next((f for f in row_tiles if m_extent % f == 0), 4)
-        # A column tile that divides N leaves no column tail: TVM 0.27's reverse_compute_at drops
-        # the column predicate of the write-back when rows are fused from several axes.
-        if n_extent is not None:
-            nr = next(f for f in (2 * lanes, lanes, 8, 4, 2, 1) if n_extent % f == 0)
-        else:
-            nr = 2 * lanes
+        mr, nr = _gemm_tile(m_extent, n_extent, lanes)
         if m_extent is None or n_extent is None:
             # Symbolic rows or columns are padded to whole tiles (zeros in, the extra results
             # dropped on the way out): no predicate inside the tile, which had made it an M x N
@@ -147,16 +138,54 @@ class CPUMatmul(_CPURule):
         packed = _pack_weight_panels(sch, func, main, nr) if n_extent is not None and nr > 1 else None
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
-        # Column panels outermost: a K x NR panel of B stays in cache while every row tile of A
-        # passes over it, so B (the weights, usually the larger operand) is read once.
-        sch.reorder(s, jo, io, k, ii, ji)
+        # Row blocks of A that stay in L2 while every column panel passes over them: without
+        # them A streamed from L3 once per panel (96 panels of a 1024 x 384 x 1536 GEMM).
+        # Column panels stay outer within a block, so a panel is reused by all of its row tiles.
+        # The threads take contiguous runs of the fused (block, panel) loop, each its own blocks.
+        k_extent, m_tiles = _static(sch.get(k).extent), _static(sch.get(io).extent)
+        block_tiles = _ROW_BLOCK_BYTES // (4 * k_extent * mr) if k_extent else 0
+        if block_tiles and m_tiles and m_tiles > block_tiles:
+            # a divisor of the tile count where one is near: no predicate on a last, partial block
+            block_tiles = next((d for d in range(block_tiles, block_tiles // 2, -1) if m_tiles % d == 0), block_tiles)
+            ib, io = sch.split(io, [None, block_tiles])
+            sch.reorder(s, ib, jo, io, k, ii, ji)
+            outer = (s, ib, jo)
+        else:
+            sch.reorder(s, jo, io, k, ii, ji)
+            outer = (s, jo, io)
         tile = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(tile, io)
         _fuse_epilogue(sch, tile, io)
-        sch.parallel(sch.fuse(s, jo, io))
+        sch.parallel(sch.fuse(*outer))
         sch.unroll(ii)
-        sch.vectorize(ji)
+        _vectorize_by(sch, ji, lanes)
         return _finish_gemm(sch, target, main, k, tile, packed)
+
+
+# Bytes of A per row block (see CPUMatmul): a quarter of a 512 KiB L2, with room for the column
+# panel; measured on Zen 3 with 32, 64, 128 and 256 KiB: 128 KiB was fastest (1024-row GEMMs
+# 0.85 -> 1.0x ORT with the 4 x 24 tile).
+_ROW_BLOCK_BYTES = 128 * 1024
+
+
+def _gemm_tile(m: int | None, n: int | None, lanes: int) -> tuple[int, int]:
+    """(MR rows, NR columns) of the GEMM register tile for static or symbolic (None) M and N.
+
+    MR x NR/lanes accumulators leave registers for one broadcast of A and the NR/lanes loads of
+    B. Tiles are tried best first; each must divide a static extent (a tail tile would be
+    predicated: the whole tile then lives in memory), and symbolic extents are padded to them.
+    AVX2 (16 registers): 4 x 3 vectors needs 7 loads per 12 FMAs, 6 x 2 vectors 8 (on Zen 3,
+    1024 x 384 x 1536: 4x24 130 GF/s, 6x16 111, 4x16 103). AVX-512 (32 registers): 8 x 2
+    vectors (measured: 8x32 beat 6x32, 4x64 and 12x32)."""
+    tiles = [(8, 2), (4, 2)] if lanes >= 16 else [(4, 3), (6, 2), (4, 2)]
+    for mr, vectors in tiles:
+        if (m is None or m % mr == 0) and (n is None or n % (vectors * lanes) == 0):
+            return (1 if m == 1 else mr), vectors * lanes
+    mr = 1 if m == 1 else tiles[0][0] if m is None else next((r for r, _ in tiles if m % r == 0), 4)
+    # A column tile that divides N leaves no column tail: TVM 0.27's reverse_compute_at drops
+    # the column predicate of the write-back when rows are fused from several axes.
+    nr = 2 * lanes if n is None else next(f for f in (2 * lanes, lanes, 8, 4, 2, 1) if n % f == 0)
+    return mr, nr
 
 
 # A block with this annotation is split out by relax.transform.SplitLayoutRewritePreproc and, its
@@ -232,14 +261,26 @@ def _vector_matrix(func, target: Target):
     return _finish_gemm(sch, target, main, k, tile, packed)
 
 
+def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorise ``loop``; one whose extent is a multiple of the vector width but not a power of two
+    (24 floats: three AVX2 vectors) is split into unrolled whole vectors first: LLVM legalises a
+    <24 x float> vector into code 8x slower (measured on a 4 x 24 GEMM tile)."""
+    extent = _static(sch.get(loop).extent)
+    if extent and extent > lanes and extent % lanes == 0 and extent & (extent - 1):
+        outer, loop = sch.split(loop, [None, lanes])
+        sch.unroll(outer)
+    sch.vectorize(loop)
+
+
 def _finish_gemm(sch: s_tir.Schedule, target: Target, main, k, tile, packed: str | None) -> s_tir.Schedule:
     """Common tail of the GEMM schedules: split off the zero-init, vectorise it and the tile's
     write-back; what could not be fused (a reduction after the GEMM) gets the fallback."""
+    lanes = _lanes(target)
     init = sch.decompose_reduction(main, k)
-    sch.vectorize(sch.get_loops(init)[-1])
+    _vectorize_by(sch, sch.get_loops(init)[-1], lanes)
     write_loops = sch.get_loops(tile)
     if len(write_loops) >= 2:
-        _try(sch.vectorize, write_loops[-1])
+        _try(_vectorize_by, sch, write_loops[-1], lanes)
     _schedule_remaining(sch, target, skip=_scheduled_names(sch, main) | ({packed} if packed else set()))
     return sch
 
@@ -277,7 +318,8 @@ class CPUConv(_CPURule):
             if not any(sch.get(block).same_as(sch.get(p)) for p in padded):
                 _try(sch.compute_inline, block)
         xv = lanes if x_extent >= lanes else x_extent
-        fr, xm = _conv_tile(f_extent, x_extent, xv)
+        fr, xm = _conv_tile(f_extent, x_extent, xv, _vector_registers(target))
+        packed = _pack_conv_weights(sch, func, main, fr) if fr > 1 else None
         fo, fi = sch.split(f, [None, fr])
         xo, xm_loop, xi = sch.split(x, [None, xm, xv])
         sch.reorder(n, fo, y, xo, rc, ry, rx, fi, xm_loop, xi)
@@ -297,19 +339,45 @@ class CPUConv(_CPURule):
             pad_loops = sch.get_loops(block)
             if len(pad_loops) >= 2:
                 sch.parallel(sch.fuse(*pad_loops[:-1]))
-        _schedule_remaining(sch, target, skip=_scheduled_names(sch, main) | {sch.get(b).name_hint for b in padded})
+        skip = _scheduled_names(sch, main) | {sch.get(b).name_hint for b in padded} | ({packed} if packed else set())
+        _schedule_remaining(sch, target, skip=skip)
         return sch
 
 
-def _conv_tile(channels: int, width: int, vector: int) -> tuple[int, int]:
+def _pack_conv_weights(sch: s_tir.Schedule, func, main, fr: int) -> str | None:
+    """Store a constant weight W[F, C, KY, KX] as ``[F / fr, C, KY, KX, fr]``: the FR weights
+    that each reduction step broadcasts then lie side by side in one cache line instead of
+    C x KY x KX floats apart. Returns the packing block's name (folded at compile time)."""
+    layout_free = {int(i) for i in func.attrs.get("layout_free_buffers", [])} if func.attrs else set()
+    constant = [func.params[i] for i in layout_free if isinstance(func.params[i], tirx.Buffer)]
+    stmt = sch.get(main)
+    f_var = stmt.iter_vars[1].var
+    for index, region in enumerate(stmt.reads):
+        buffer = region.source
+        if (any(buffer.same_as(c) for c in constant) and len(buffer.shape) == 4
+                and _static(buffer.shape[0]) is not None and _static(buffer.shape[0]) % fr == 0
+                and region.region[0].min.same_as(f_var)):
+            cache = sch.cache_read(main, index, "global")
+            sch.annotate(cache, LAYOUT_REWRITE, True)
+            sch.transform_layout(main, ("read", index), lambda f, c, ky, kx: (f // fr, c, ky, kx, f % fr))
+            return sch.get(cache).name_hint
+    return None
+
+
+def _conv_tile(channels: int, width: int, vector: int, registers: int = 32) -> tuple[int, int]:
     """(FR output channels, XM vectors of output columns) per register tile. Each step of the
     reduction loads XM input vectors and broadcasts FR weights for FR x XM FMAs: the larger
-    FR * XM / (FR + XM), the fewer loads per FMA; FR x XM accumulators stay within 24 registers.
+    FR * XM / (FR + XM), the fewer loads per FMA. The FR x XM accumulators, the XM inputs and a
+    broadcast weight must fit the vector registers, with room to spare (24 accumulators of
+    AVX-512's 32 registers, 12 of AVX2's 16): a tile that spills runs 2-3x slower (PP-OCR's
+    3x3 conv 96 -> 24 at 80x80 took a 4 x 5 tile on AVX2: 3.9 ms).
     (One vector of 8 channels, the old tile, issues 9 loads for 8 FMAs: load-bound.)"""
     best = (1, 1)
     for fr in (8, 6, 4, 3, 2, 1):
         for xm in (6, 5, 4, 3, 2, 1):
-            if channels % fr or fr * xm > 24 or (xm > 1 and width % (xm * vector)):
+            if channels % fr or (xm > 1 and width % (xm * vector)):
+                continue
+            if fr * xm > registers * 3 // 4 or fr * xm + xm + 1 > registers:
                 continue
             if fr * xm / (fr + xm) > best[0] * best[1] / (best[0] + best[1]):
                 best = (fr, xm)
