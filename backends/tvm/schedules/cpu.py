@@ -395,8 +395,8 @@ def _conv_tile(channels: int, width: int, vector: int, registers: int = 32) -> t
     reduction loads XM input vectors and broadcasts FR weights for FR x XM FMAs: the larger
     FR * XM / (FR + XM), the fewer loads per FMA. The FR x XM accumulators, the XM inputs and a
     broadcast weight must fit the vector registers, with room to spare (24 accumulators of
-    AVX-512's 32 registers, 12 of AVX2's 16): a tile that spills runs 2-3x slower (PP-OCR's
-    3x3 conv 96 -> 24 at 80x80 took a 4 x 5 tile on AVX2: 3.9 ms).
+    AVX-512's 32 registers, 12 of AVX2's 16): a tile that spills runs far slower (PP-OCR's
+    3x3 conv 96 -> 24 at 80x80 on AVX2: 5.5 ms with a 4 x 5 tile, 3.5 ms with 6 x 2).
     (One vector of 8 channels, the old tile, issues 9 loads for 8 FMAs: load-bound.)"""
     best = (1, 1)
     for fr in (8, 6, 4, 3, 2, 1):
