@@ -227,6 +227,25 @@ def test_register_tiles_fit_the_register_file(lanes, registers):
         assert (m is None or m % mr == 0 or mr == 4) and (n is None or n % nr == 0)
 
 
+@pytest.mark.parametrize("m, k, n, order", [
+    (1024, 384, 1536, "row blocks"),  # A far beyond L2: blocks of rows, panels inside
+    (1000, 384, 1536, "row blocks"),  # no divisor near the block size: a partial last block
+    (128, 3072, 768, "panels"),       # B's re-reads would cost more: panels outermost
+    (96, 40, 200, "rows"),            # all of B fits in L2: row tiles outermost
+])
+def test_gemm_loop_orders(m, k, n, order, rng):
+    """Each loop order of the GEMM rule (chosen from the operand sizes) computes the same product."""
+    from sparsec.backends.tvm.schedules.cpu import _gemm_loop_order, _gemm_tile
+    from sparsec.backends.tvm.targets import host_vector_lanes
+
+    assert _gemm_loop_order(m, k, n, *_gemm_tile(m, n, host_vector_lanes()))[0] == order
+    w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])]
+    model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [w, b])
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((m, k)).astype(np.float32)})
+
+
 @pytest.mark.parametrize("kernel, stride, pads, group, gemm", [
     (2, 2, 0, 1, True),    # each input pixel writes its own 2x2 patch: one GEMM and a shuffle
     (3, 3, 0, 1, True),

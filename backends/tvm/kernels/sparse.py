@@ -18,6 +18,7 @@ from ....ir.graph import Node
 from ..lower import register_lowering
 from ..targets import host_vector_lanes, host_vector_registers
 
+
 def row_tile(r: int) -> int:
     """Activation rows per register tile (MR) for blocks of R outputs: MR x R/lanes accumulators
     within 3/4 of the vector registers, at most 8 rows. AVX-512: 8 rows for 32x1 blocks. AVX2:

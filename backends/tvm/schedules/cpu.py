@@ -138,24 +138,19 @@ class CPUMatmul(_CPURule):
         packed = _pack_weight_panels(sch, func, main, nr) if n_extent is not None and nr > 1 else None
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
-        k_extent, m_tiles, n_panels = (_static(sch.get(loop).extent) for loop in (k, io, jo))
-        block_tiles = _ROW_BLOCK_BYTES // (4 * k_extent * mr) if k_extent else 0
-        rows_outer = bool(k_extent and n_panels and k_extent * n_panels * nr * 4 <= _SMALL_B_BYTES)
-        if rows_outer:
+        order, block_tiles = _gemm_loop_order(m_extent, _static(sch.get(k).extent), n_extent, mr, nr)
+        if order == "rows":
             # All of B fits in L2 (short reductions: attention scores over a 32-wide head): row
             # tiles outermost, so each writes whole output rows once, in order. Panels outermost
             # wrote a 4 x 16 patch per tile, and the partial lines were fetched again by the next
             # panel: q @ k^T over [96, 128, 32] x [96, 32, 128], 3.9 -> 2.6 ms (ORT 2.1).
             sch.reorder(s, io, jo, k, ii, ji)
             outer = (s, io)
-        elif block_tiles and m_tiles and n_panels and m_tiles > block_tiles and _row_blocks_pay(
-                m_tiles * mr, k_extent, n_panels * nr, (m_tiles + block_tiles - 1) // block_tiles, n_panels):
+        elif order == "row blocks":
             # Row blocks of A that stay in L2 while every column panel passes over them: without
             # them A streamed from L3 once per panel (64 panels of a 1024 x 384 x 1536 GEMM).
             # Column panels stay outer within a block, so a panel is reused by all of its row
             # tiles. The threads take contiguous runs of the fused (block, panel) loop.
-            # A divisor of the tile count where one is near: no predicate on a last, partial block
-            block_tiles = next((d for d in range(block_tiles, block_tiles // 2, -1) if m_tiles % d == 0), block_tiles)
             ib, io = sch.split(io, [None, block_tiles])
             sch.reorder(s, ib, jo, io, k, ii, ji)
             outer = (s, ib, jo)
@@ -164,7 +159,7 @@ class CPUMatmul(_CPURule):
             # A passes over it, so B (the weights, usually the larger operand) is read once.
             sch.reorder(s, jo, io, k, ii, ji)
             outer = (s, jo, io)
-        tile_at = jo if rows_outer else io
+        tile_at = jo if order == "rows" else io
         tile = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(tile, tile_at)
         _fuse_epilogue(sch, tile, tile_at)
@@ -181,6 +176,25 @@ _ROW_BLOCK_BYTES = 128 * 1024
 # B at most this large (half a 512 KiB L2) is kept whole in L2 while the row tiles pass.
 _SMALL_B_BYTES = 256 * 1024
 _L2_BYTES = 512 * 1024  # per core, Zen 3 (AVX-512 hosts have 1-2 MiB: the rules stay conservative)
+
+
+def _gemm_loop_order(m: int | None, k: int | None, n: int | None, mr: int, nr: int) -> tuple[str, int]:
+    """The GEMM's outer loop order, ``"rows"`` (row tiles outermost: all of B fits in L2),
+    ``"row blocks"`` (blocks of row tiles, column panels inside) or ``"panels"`` (column panels
+    outermost), and the row tiles per block."""
+    if k is None or n is None:
+        return "panels", 0
+    if k * n * 4 <= _SMALL_B_BYTES:
+        return "rows", 0
+    tiles = _ROW_BLOCK_BYTES // (4 * k * mr)
+    if m is None or not tiles or -(-m // mr) <= tiles:
+        return "panels", 0
+    m_tiles = -(-m // mr)
+    # a divisor of the tile count where one is near: no predicate on a last, partial block
+    tiles = next((d for d in range(tiles, tiles // 2, -1) if m_tiles % d == 0), tiles)
+    if not _row_blocks_pay(m, k, n, -(-m_tiles // tiles), n // nr):
+        return "panels", 0
+    return "row blocks", tiles
 
 
 def _row_blocks_pay(m: int, k: int, n: int, blocks: int, panels: int) -> bool:
@@ -219,12 +233,26 @@ def _gemm_tile(m: int | None, n: int | None, lanes: int) -> tuple[int, int]:
 LAYOUT_REWRITE = "meta_schedule.layout_rewrite_preproc"
 
 
+def _constant_weights(func) -> list:
+    """The PrimFunc's parameters bound to constant weights (layout free: sparsec may re-lay them out)."""
+    layout_free = {int(i) for i in func.attrs.get("layout_free_buffers", [])} if func.attrs else set()
+    return [func.params[i] for i in layout_free if isinstance(func.params[i], tirx.Buffer)]
+
+
+def _pack(sch: s_tir.Schedule, main, index: int, index_map) -> str:
+    """Store the block's ``index``-th read (a constant weight) re-laid out by ``index_map``; the
+    packing block, split out and folded, runs once at compile time. Returns its name."""
+    cache = sch.cache_read(main, index, "global")
+    sch.annotate(cache, LAYOUT_REWRITE, True)
+    sch.transform_layout(main, ("read", index), index_map)
+    return sch.get(cache).name_hint
+
+
 def _pack_weight_panels(sch: s_tir.Schedule, func, main, nr: int) -> str | None:
     """Store a constant 2-D weight B as ``[N / nr, K, nr]`` panels, so the micro-kernel reads
     each K x nr panel contiguously instead of nr floats from K rows N apart. Returns the name of
-    the packing block (done once, at compile time), or None when B is not a constant weight."""
-    layout_free = {int(i) for i in func.attrs.get("layout_free_buffers", [])} if func.attrs else set()
-    constant = [func.params[i] for i in layout_free if isinstance(func.params[i], tirx.Buffer)]
+    the packing block, or None when B is not a constant weight."""
+    constant = _constant_weights(func)
     stmt = sch.get(main)
     j_var, k_var = (iv.var for iv in stmt.iter_vars[-2:])  # [..., J, K]
     for index, region in enumerate(stmt.reads):
@@ -233,15 +261,10 @@ def _pack_weight_panels(sch: s_tir.Schedule, func, main, nr: int) -> str | None:
             continue
         starts = [r.min for r in region.region]
         if _uses_var(starts[0], k_var) and _uses_var(starts[1], j_var):
-            index_map = lambda k, n: (n // nr, k, n % nr)  # noqa: E731 - B[K, N] (MatMul)
-        elif _uses_var(starts[0], j_var) and _uses_var(starts[1], k_var):
-            index_map = lambda n, k: (n // nr, k, n % nr)  # noqa: E731 - B[N, K] (Gemm transB)
-        else:
-            return None
-        cache = sch.cache_read(main, index, "global")
-        sch.annotate(cache, LAYOUT_REWRITE, True)
-        sch.transform_layout(main, ("read", index), index_map)
-        return sch.get(cache).name_hint
+            return _pack(sch, main, index, lambda k, n: (n // nr, k, n % nr))  # B[K, N] (MatMul)
+        if _uses_var(starts[0], j_var) and _uses_var(starts[1], k_var):
+            return _pack(sch, main, index, lambda n, k: (n // nr, k, n % nr))  # B[N, K] (Gemm transB)
+        return None
     return None
 
 
@@ -374,8 +397,7 @@ def _pack_conv_weights(sch: s_tir.Schedule, func, main, fr: int) -> str | None:
     """Store a constant weight W[F, C, KY, KX] as ``[F / fr, C, KY, KX, fr]``: the FR weights
     that each reduction step broadcasts then lie side by side in one cache line instead of
     C x KY x KX floats apart. Returns the packing block's name (folded at compile time)."""
-    layout_free = {int(i) for i in func.attrs.get("layout_free_buffers", [])} if func.attrs else set()
-    constant = [func.params[i] for i in layout_free if isinstance(func.params[i], tirx.Buffer)]
+    constant = _constant_weights(func)
     stmt = sch.get(main)
     f_var = stmt.iter_vars[1].var
     for index, region in enumerate(stmt.reads):
@@ -383,10 +405,7 @@ def _pack_conv_weights(sch: s_tir.Schedule, func, main, fr: int) -> str | None:
         if (any(buffer.same_as(c) for c in constant) and len(buffer.shape) == 4
                 and _static(buffer.shape[0]) is not None and _static(buffer.shape[0]) % fr == 0
                 and region.region[0].min.same_as(f_var)):
-            cache = sch.cache_read(main, index, "global")
-            sch.annotate(cache, LAYOUT_REWRITE, True)
-            sch.transform_layout(main, ("read", index), lambda f, c, ky, kx: (f // fr, c, ky, kx, f % fr))
-            return sch.get(cache).name_hint
+            return _pack(sch, main, index, lambda f, c, ky, kx: (f // fr, c, ky, kx, f % fr))
     return None
 
 
