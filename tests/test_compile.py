@@ -31,7 +31,7 @@ def test_mlp_matches_ort_on_edge_tiles(sizes, activation, rng):
         assert_matches_ort(compiled, model, {"x": rng.standard_normal((rows, sizes[0])).astype(np.float32)})
 
 
-def _scheduled_module(model):
+def _scheduled_module(model, pass_options=None):
     """The model's Relax/TIR module after sparsec's CPU pipeline (what LLVM receives)."""
     import sparsec.backends.tvm.kernels  # noqa: F401 - registers the sparse lowerings
     from sparsec.backends.tvm.lower import lower_to_relax
@@ -41,7 +41,7 @@ def _scheduled_module(model):
 
     graph, _ = as_graph(model)
     prepare(graph)
-    PassManager(resolve_passes("default")).run(graph, PassContext(target="llvm", options={}, pass_options={}))
+    PassManager(resolve_passes("default")).run(graph, PassContext(target="llvm", options={}, pass_options=pass_options or {}))
     mod, _ = lower_to_relax(graph)
     spec = get_target("llvm")
     return spec.pipeline(spec.make({}))(mod)
@@ -59,8 +59,9 @@ def test_symbolic_rows_keep_register_tiles(rng):
 
     model = pruned_ffn(96, 128, sparsity=0.0, tokens="tokens", seed=1)
     sparse = pruned_ffn(96, 128, sparsity=0.9, block=(16, 1), tokens="tokens", seed=2)
+    always = {"sparse-weights": {"policy": "always"}}  # layers this small sit near the cost model's break-even
     for m in (model, sparse):
-        mod = _scheduled_module(m)
+        mod = _scheduled_module(m, always)
         prims = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
         assert "shape_func" in prims
         assert all(f.attrs.get("tirx.noalias", False) for f in prims.values()), list(prims)
@@ -81,7 +82,7 @@ def test_symbolic_rows_keep_register_tiles(rng):
     stripped = tvm.IRModule({name: f.without_attr("tirx.noalias") for name, f in prims.items()})
     marked = mark_single_buffer_noalias()(stripped)
     assert {gv.name_hint for gv, f in marked.functions_items() if f.attrs.get("tirx.noalias", False)} == {"shape_func"}
-    compiled, compiled_sparse = sparsec.compile(model), sparsec.compile(sparse)
+    compiled, compiled_sparse = sparsec.compile(model), sparsec.compile(sparse, pass_options=always)
     assert compiled_sparse.report["rewrites"] == {"sparse-weights.bsr": 2}
     for rows in (1, 7, 13, 32):
         x = {"x": rng.standard_normal((rows, 96)).astype(np.float32)}
@@ -208,6 +209,8 @@ def test_conv_tiles(cin, cout, k, size, group, rng):
     shape = [1, cin, *size]
     model = make(nodes, [f32("x", shape)], [f32("y", [1, cout, *size])], [w, b])
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal(shape).astype(np.float32)})
+    if group == 1:  # weights packed at compile time, as GEMM panels or per channel tile
+        assert any(gv.name_hint.endswith("_prepacked") for gv, _ in _scheduled_module(model).functions_items())
 
 
 @pytest.mark.parametrize("lanes, registers", [(16, 32), (8, 16), (4, 32)])
