@@ -216,7 +216,7 @@ def test_conv_tiles(cin, cout, k, size, group, rng):
 @pytest.mark.parametrize("lanes, registers", [(16, 32), (8, 16), (4, 32)])
 def test_register_tiles_fit_the_register_file(lanes, registers):
     """Conv and GEMM register tiles never need more vector registers than the ISA has (a tile
-    that spills ran 2x slower on AVX2), and each divides the static extents it is chosen for."""
+    that spills ran 1.6x slower on AVX2), and each divides the static extents it is chosen for."""
     from sparsec.backends.tvm.schedules.cpu import _conv_tile, _gemm_tile
 
     for channels, width in [(24, 80), (96, 160), (8, 37), (192, 40), (3, 16)]:

@@ -23,16 +23,18 @@ def row_tile(r: int) -> int:
     """Activation rows per register tile (MR) for blocks of R outputs: MR x R/lanes accumulators
     within 3/4 of the vector registers, at most 8 rows. AVX-512: 8 rows for 32x1 blocks. AVX2:
     3 rows for 32x1 blocks, 6 for 16x1 (8 rows of 32x1 needed 32 of its 16 registers and spilled:
-    90% 32x1 FFN at 32 rows, 3.4x ORT with 8 rows, 5.2x with 3, measured side by side on Zen 3)."""
+    90% 32x1 FFN at 32 rows, 3.4x ORT with 8 rows, 5.2x with 3, measured side by side on Zen 3).
+    3 x 32 with the block's 4 vectors and a broadcast still needs 17 registers and LLVM spills two
+    accumulators, but tiles that fit (2 rows x 32, 6 rows x 16 outputs) measured no faster."""
     vectors = max(1, r // host_vector_lanes())
     return max(1, min(8, host_vector_registers() * 3 // 4 // vectors))
 
 
-def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool = False, mr: int | None = None):
+def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool = False):
     """``m`` rows: an int, or a ``tirx.Var`` for a symbolic row count. (``s_tir=True`` keeps the
     buffers free of TVM 0.27's layouts, which a pass would rebuild with a fresh copy of m.)"""
     r, c = block
-    mr = mr or row_tile(r)
+    mr = row_tile(r)
     block_rows = n // r
     # Accumulators live in a per-task buffer declared once per parallel chunk: declared inside
     # the parallel loop body it would be a workspace allocation per iteration.
