@@ -35,6 +35,13 @@ class PassContext:
     def options_of(self, pass_name: str) -> dict:
         return dict(self.pass_options.get(pass_name, {}))
 
+    def has_kernel(self, op_type: str) -> bool:
+        """Whether sparsec's op ``op_type`` has a kernel for this target: a pass rewrites into
+        an op only where it can be lowered."""
+        from sparsec.backends.tvm.lower import has_kernel
+
+        return has_kernel(op_type, self.target)
+
 
 class Pass:
     name: ClassVar[str]

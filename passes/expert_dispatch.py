@@ -111,6 +111,10 @@ class MoEDispatch(Pass):
             if isinstance(match, Mismatch):
                 result.notes.append(f"{node.name}: looks like a {form} MoE but is not rewritten: {match}")
                 continue
+            if not ctx.has_kernel("MoE"):
+                result.notes.append(f"{node.name}: a {form} MoE with {match.experts} experts, top-{match.k}, not rewritten: "
+                                    f"the expert dispatch kernel exists for CPU targets only, not {ctx.target}")
+                continue
             x_shape = match.x.type.shape if isinstance(match.x.type, TensorType) else None
             _rewrite(node, match)
             result.rewrites[self.name] += 1

@@ -25,7 +25,6 @@ from sparsec.ir.types import TensorType
 from sparsec.ops import DOMAIN
 from sparsec.passmanager import Pass, PassContext, PassResult, register_pass
 
-TARGETS = ("llvm",)
 # A weight with this many exact zeros is weight-sparse: the sparse-weights pass handles it.
 WEIGHT_SPARSE = 0.2
 # Below this many weight elements the dense product takes a few microseconds: nothing to win.
@@ -73,8 +72,8 @@ def _is_weight(value: Value | None) -> bool:
 def _declined(node: Node, ctx: PassContext) -> str | None:
     """Why ``MatMul(Relu(..), W)`` cannot be rewritten, or None when it can."""
     h, weight = node.input(0), node.input(1)
-    if ctx.target not in TARGETS:
-        return f"the relu-skip kernel exists for {', '.join(TARGETS)} only, not {ctx.target}"
+    if not ctx.has_kernel("ReluSkipMatMul"):
+        return f"the relu-skip kernel exists for CPU targets only, not {ctx.target}"
     if weight is None or weight.const is None:
         return "its weight is not a constant (the kernel reads W's rows by index, packed at compile time)"
     w = weight.const

@@ -16,6 +16,7 @@ symbolic, default 32). The CSR kernel needs a static row count (pin the model's 
 from __future__ import annotations
 
 from sparsec.analysis.sparsity import analyze
+from sparsec.backends.tvm.targets import CPU_TARGETS
 from sparsec.ir.graph import Graph, Node
 from sparsec.ir.types import TensorType
 from sparsec.ops import DOMAIN
@@ -58,6 +59,9 @@ class SparseWeights(Pass):
         result = PassResult()
         if policy == "never":
             return result
+        kernel = ctx.has_kernel("BlockSparseMatMul")
+        # The cost model times kernels on this host: it speaks for the CPU targets alone.
+        measured = ctx.target in CPU_TARGETS
         cost = None
         for node in list(graph.walk()):
             if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
@@ -76,6 +80,14 @@ class SparseWeights(Pass):
             if rows is None and block == UNSTRUCTURED:
                 result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse, unstructured, kept dense: the CSR kernel "
                                     "needs a static row count; pin the model's dims (dims= / --dim)")
+                continue
+            if not kernel:
+                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse, kept dense: no sparse kernel for {ctx.target}")
+                continue
+            if policy == "auto" and not measured:
+                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks, kept dense: "
+                                    f"the cost model measures this host's CPU, not {ctx.target}; policy=always uses the "
+                                    f"{ctx.target} kernel (-O sparse-weights.policy=always)")
                 continue
             density = 1.0 - info.sparsity
             detail = {"node": node.name, "weight": weight.name, "shape": list(out_in.shape), "block": f"{block[0]}x{block[1]}",

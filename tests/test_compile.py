@@ -217,6 +217,7 @@ def test_conv_tiles(cin, cout, k, size, group, rng):
 def test_register_tiles_fit_the_register_file(lanes, registers):
     """Conv and GEMM register tiles never need more vector registers than the ISA has (a tile
     that spills ran 1.6x slower on AVX2), and each divides the static extents it is chosen for."""
+    from sparsec.backends.tvm.kernels.sparse import row_tile
     from sparsec.backends.tvm.schedules.cpu import _conv_tile, _gemm_tile
 
     for channels, width in [(24, 80), (96, 160), (8, 37), (192, 40), (3, 16)]:
@@ -228,6 +229,9 @@ def test_register_tiles_fit_the_register_file(lanes, registers):
         vectors = max(1, nr // lanes)
         assert mr * vectors + vectors + 1 <= registers
         assert (m is None or m % mr == 0 or mr == 4) and (n is None or n % nr == 0)
+    for r in (8, 16, 32, 64):
+        mr, vectors = row_tile(r, lanes, registers), max(1, r // lanes)
+        assert mr * vectors + vectors + 1 <= registers or mr == 1
 
 
 @pytest.mark.parametrize("m, k, n, order", [

@@ -171,3 +171,13 @@ def test_com_microsoft_moe_with_fc3_is_refused_with_the_reason():
     graph, report = dispatched(contrib_moe("silu", 1, gated=True))  # ORT's CPU kernel refuses fc3 too
     assert report["rewrites"] == {}
     assert "fc3" in report["notes"]["moe-dispatch"][0] and "no reference" in report["notes"]["moe-dispatch"][0]
+
+
+def test_moe_on_cuda_stays_dense_with_the_reason_and_the_contrib_op_is_refused_clearly():
+    """The expert dispatch kernel is CPU-only for now: a CUDA build keeps the dense-masked MoE
+    (which TVM can build) and says why; com.microsoft.MoE has no other lowering, so it is refused."""
+    compiled = sparsec.compile(dense_masked_moe(32, 64, 8, 2, tokens=4), target="cuda", arch="sm_80")
+    assert compiled.report["rewrites"] == {}
+    assert "CPU targets only, not cuda" in compiled.report["notes"]["moe-dispatch"][0]
+    with pytest.raises(sparsec.UnsupportedOpError, match="MoE \\(domain com.microsoft"):
+        sparsec.compile(contrib_moe("relu", 1), target="cuda", arch="sm_80")

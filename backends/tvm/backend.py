@@ -24,7 +24,7 @@ class TVMBackend:
     def build(self, graph: Graph, target: str, options: dict) -> "TVMRunner":
         spec = get_target(target)
         tvm_target = spec.make(options)
-        mod, _ = lower_to_relax(graph)
+        mod, _ = lower_to_relax(graph, target)
         tuning, database = _tuning(spec, tvm_target, mod, options)
         try:
             executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.pipeline(tvm_target, database))

@@ -1,8 +1,10 @@
 """Lowering a sparsec Graph to a Relax IRModule.
 
 Standard ops go through TVM's ONNX converters (TVM looks them up by op_type alone); sparsec's own
-ops, and any other op a lowering is registered for, go to that lowering, keyed by (domain, op).
-Every op that cannot be lowered is reported at once, before anything is built.
+ops, and any other op a lowering is registered for, go to that lowering, keyed by (domain, op) and
+the target: a kernel written for the CPU registers for the CPU targets, a CUDA one for "cuda", a
+target-independent lowering (Relax ops only) for every target. Every op that cannot be lowered for
+the target is reported at once, before anything is built.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from tvm.relax.frontend.onnx import onnx_frontend
 from ...errors import CompileError, SparsecError, UnsupportedOpError
 from ...frontend.onnx_export import to_onnx
 from ...ir.graph import Graph, Node
+from .targets import CPU_TARGETS  # noqa: F401  (re-exported for the kernels' registrations)
 
-# (domain, op_type) -> fn(bb, node, inputs, attrs) -> relax.Expr. Kernels register here.
+# (domain, op_type) -> {target name or ANY_TARGET: fn(bb, node, inputs, attrs) -> relax.Expr}.
 Lowering = Callable[[relax.BlockBuilder, Node, list, dict], relax.Expr]
-_LOWERINGS: dict[tuple[str, str], Lowering] = {}
+_LOWERINGS: dict[tuple[str, str], dict[str, Lowering]] = {}
+ANY_TARGET = "*"
 # Non-standard-domain ops that TVM's converter table implements under the same name.
 _TVM_CONTRIB_DOMAINS = {"com.microsoft"}
 # Names TVM's table holds for the com.microsoft op although ai.onnx has a different op of that
@@ -29,20 +33,37 @@ _TVM_CONTRIB_DOMAINS = {"com.microsoft"}
 _CONTRIB_NAMESAKES = {"Attention"}
 
 
-def register_lowering(domain: str, op_type: str):
+def register_lowering(domain: str, op_type: str, targets: tuple[str, ...] = (ANY_TARGET,)):
     def wrap(fn: Lowering) -> Lowering:
-        _LOWERINGS[(domain, op_type)] = fn
+        for target in targets:
+            _LOWERINGS.setdefault((domain, op_type), {})[target] = fn
         return fn
 
     return wrap
 
 
-def unsupported_ops(graph: Graph) -> list[tuple[str, str, str, int | None]]:
+def find_lowering(domain: str, op_type: str, target: str) -> Lowering | None:
+    table = _LOWERINGS.get((domain, op_type), {})
+    return table.get(target) or table.get(ANY_TARGET)
+
+
+def has_kernel(op_type: str, target: str, domain: str = "sparsec") -> bool:
+    """Whether ``op_type`` (a sparsec op by default) can be lowered for ``target``: what a pass
+    asks before it rewrites into that op."""
+    from . import kernels  # noqa: F401  (the kernels register their lowerings on import)
+
+    return find_lowering(domain, op_type, target) is not None
+
+
+def unsupported_ops(graph: Graph, target: str = "llvm") -> list[tuple[str, str, str, int | None]]:
     convert_map = onnx_frontend._get_convert_map()
     opset = graph.opset("") or 17
     missing = []
     for node in graph.walk():
-        if (node.domain, node.op_type) in _LOWERINGS:
+        if find_lowering(node.domain, node.op_type, target) is not None:
+            continue
+        if (node.domain, node.op_type) in _LOWERINGS:  # a kernel exists, but not for this target
+            missing.append((node.op_type, node.domain, node.name, graph.opset(node.domain)))
             continue
         standard = node.domain in ("", "ai.onnx")
         if node.op_type == "If" and standard:
@@ -66,17 +87,19 @@ def unsupported_ops(graph: Graph) -> list[tuple[str, str, str, int | None]]:
 class _Importer(onnx_frontend.ONNXGraphImporter):
     """TVM's importer with sparsec's lowering table consulted first (by the node's domain)."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, target: str):
         super().__init__({}, {}, keep_params_in_input=False, sanitize=True)
         self._ir_nodes = {node.name: node for node in graph.walk()}
+        self._target = target
 
     def _check_for_unsupported_ops(self, graph_proto):  # done on the IR, with domains, beforehand
         return None
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
         node = self._ir_nodes.get(attrs.get("tvm_custom", {}).get("name"))
-        if node is not None and (node.domain, node.op_type) in _LOWERINGS:
-            result = _LOWERINGS[(node.domain, node.op_type)](self.bb, node, list(inputs), attrs)
+        lowering = find_lowering(node.domain, node.op_type, self._target) if node is not None else None
+        if lowering is not None:
+            result = lowering(self.bb, node, list(inputs), attrs)
             return self.bb.normalize(result) if isinstance(result, relax.Expr) else result
         override = _CONVERTER_OVERRIDES.get(op_name)
         if override is not None:
@@ -153,12 +176,12 @@ _CONVERTER_OVERRIDES = {
 }
 
 
-def lower_to_relax(graph: Graph, backend: str = "tvm"):
-    missing = unsupported_ops(graph)
+def lower_to_relax(graph: Graph, target: str = "llvm", backend: str = "tvm"):
+    missing = unsupported_ops(graph, target)
     if missing:
-        raise UnsupportedOpError(missing, backend)
+        raise UnsupportedOpError(missing, f"{backend}@{target}")
     model = to_onnx(graph, value_info=False)
-    importer = _Importer(graph)
+    importer = _Importer(graph, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # renames and "unknown dim" notes are expected here
         mod = importer.from_onnx(model.graph, graph.opset("") or 17)

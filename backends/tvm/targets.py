@@ -25,6 +25,9 @@ class TargetSpec:
 
 
 _TARGETS: dict[str, TargetSpec] = {}
+# The targets whose code runs on this host's CPU: TIR kernels with T.parallel loops serve them all,
+# and what is measured on the host (the sparse cost model) speaks for them.
+CPU_TARGETS = ("llvm", "c")
 
 
 def register_target(spec: TargetSpec) -> TargetSpec:

@@ -23,7 +23,7 @@ from tvm import relax
 from tvm.script import tirx as T
 
 from ....ir.graph import Node
-from ..lower import register_lowering
+from ..lower import CPU_TARGETS, register_lowering
 from ..targets import host_vector_lanes, host_vector_registers
 
 MR = 4  # token rows per register tile
@@ -133,7 +133,7 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
     return kernel
 
 
-@register_lowering("sparsec", "MoE")
+@register_lowering("sparsec", "MoE", targets=CPU_TARGETS)
 def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
     x, logits, w1, b1, w2, b2 = inputs[:6]
     k = int(node.attr("k"))

@@ -29,7 +29,7 @@ from tvm import relax
 from tvm.script import tirx as T
 
 from sparsec.ir.graph import Node
-from ..lower import register_lowering
+from ..lower import CPU_TARGETS, register_lowering
 from ..targets import host_vector_lanes
 
 # Active fraction above which the dense path runs, by row count: (fewer than 4 rows, fewer than
@@ -179,7 +179,7 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
     return relu_skip_matmul
 
 
-@register_lowering("sparsec", "ReluSkipMatMul")
+@register_lowering("sparsec", "ReluSkipMatMul", targets=CPU_TARGETS)
 def lower_relu_skip(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict) -> relax.Expr:
     # W2 and the bias are IR constants (the pass checks): packed here, once, at compile time.
     w = node.input(1).const.astype(np.float32)

@@ -15,19 +15,29 @@ from tvm import relax
 from tvm.script import tirx as T
 
 from ....ir.graph import Node
-from ..lower import register_lowering
+from ..lower import CPU_TARGETS, register_lowering
 from ..targets import host_vector_lanes, host_vector_registers
 
 
-def row_tile(r: int) -> int:
-    """Activation rows per register tile (MR) for blocks of R outputs: MR x R/lanes accumulators
-    within 3/4 of the vector registers, at most 8 rows. AVX-512: 8 rows for 32x1 blocks. AVX2:
-    3 rows for 32x1 blocks, 6 for 16x1 (8 rows of 32x1 needed 32 of its 16 registers and spilled:
-    90% 32x1 FFN at 32 rows, 3.4x ORT with 8 rows, 5.2x with 3, measured side by side on Zen 3).
-    3 x 32 with the block's 4 vectors and a broadcast still needs 17 registers and LLVM spills two
-    accumulators, but tiles that fit (2 rows x 32, 6 rows x 16 outputs) measured no faster."""
-    vectors = max(1, r // host_vector_lanes())
-    return max(1, min(8, host_vector_registers() * 3 // 4 // vectors))
+def row_tile(r: int, lanes: int | None = None, registers: int | None = None) -> int:
+    """Activation rows per register tile (MR) for blocks of R outputs: the MR x R/lanes
+    accumulators, the block's R/lanes vectors and a broadcast must fit the vector registers
+    (at most 8 rows). AVX-512: 8 rows. AVX2: 2 rows for 32x1 blocks, 6 for 16x1. On AVX2 the
+    3 x 32 tile (17 registers) spilled two accumulators into a store-to-load chain: the 90% 32x1
+    FFN at 32 rows ran 0.88 ms with it and 0.69 ms with 2 x 32, side by side on Zen 3."""
+    lanes = lanes or host_vector_lanes()
+    registers = registers or host_vector_registers()
+    vectors = max(1, r // lanes)
+    return max(1, min(8, (registers - 1 - vectors) // vectors))
+
+
+def balanced_chunks(items: int, most: int) -> tuple[int, int]:
+    """(chunks, items per chunk): at most ``most`` chunks, each but possibly the last full. The
+    thread pool hands each thread a contiguous run of chunks, so empty trailing chunks would
+    load the threads unevenly (96 block rows as 64 chunks of 2: 48 of them do all the work, and
+    the first thread gets 64 rows to the second's 32)."""
+    per_chunk = -(-items // most)
+    return -(-items // per_chunk), per_chunk
 
 
 def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool = False):
@@ -38,11 +48,17 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
     block_rows = n // r
     # Accumulators live in a per-task buffer declared once per parallel chunk: declared inside
     # the parallel loop body it would be a workspace allocation per iteration.
-    chunks = min(block_rows, 64)
-    per_chunk = (block_rows + chunks - 1) // chunks
+    chunks, per_chunk = balanced_chunks(block_rows, 64)
 
     # The epilogue: bias, then ReLU as max(., 0), or max(., -inf) (a no-op) without one.
     low = T.float32(0) if relu else T.float32(float("-inf"))
+    # Rows past the last full tile: with m known, one unrolled tile of m % mr rows (a row at a
+    # time ran 2 of 32 rows at a third of the speed); with m symbolic, a row at a time.
+    full = m // mr * mr
+    static = isinstance(m, int)
+    tail = max(1, m % mr) if static else 1
+    tail_tiles = int(m % mr > 0) if static else 0
+    single_rows = 0 if static else m - full
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(x: T.Buffer((m, k), "float32"), data: T.Buffer((nnzb, c, r), "float32"), indices: T.Buffer((nnzb,), "int32"),
@@ -65,15 +81,27 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
                         for i in T.unroll(mr):
                             for j in T.vectorized(r):
                                 y[mo * mr + i, rb * r + j] = T.max(acc[i, j] + bias[rb * r + j], low)
-                    for row in range(m - m // mr * mr):  # the rows left over, one at a time
+                    for _ in range(tail_tiles):  # static m: the rows left over as one smaller tile
+                        for i in T.unroll(tail):
+                            for j in T.vectorized(r):
+                                acc[i, j] = T.float32(0)
+                        for p in range(indptr[rb], indptr[rb + 1]):
+                            for kk in range(c):
+                                for i in T.unroll(tail):
+                                    for j in T.vectorized(r):
+                                        acc[i, j] = acc[i, j] + x[full + i, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
+                        for i in T.unroll(tail):
+                            for j in T.vectorized(r):
+                                y[full + i, rb * r + j] = T.max(acc[i, j] + bias[rb * r + j], low)
+                    for row in range(single_rows):  # symbolic m: the rows left over, one at a time
                         for j in T.vectorized(r):
                             acc[0, j] = T.float32(0)
                         for p in range(indptr[rb], indptr[rb + 1]):
                             for kk in range(c):
                                 for j in T.vectorized(r):
-                                    acc[0, j] = acc[0, j] + x[m // mr * mr + row, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
+                                    acc[0, j] = acc[0, j] + x[full + row, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
                         for j in T.vectorized(r):
-                            y[m // mr * mr + row, rb * r + j] = T.max(acc[0, j] + bias[rb * r + j], low)
+                            y[full + row, rb * r + j] = T.max(acc[0, j] + bias[rb * r + j], low)
 
     return kernel
 
@@ -88,8 +116,7 @@ def csr_transposed_kernel(m: int, k: int, n: int, nnz: int, relu: bool = False, 
     low = T.float32(0) if relu else T.float32(float("-inf"))
     mt = min(m, tile)
     full, tail = m // mt, m % mt
-    chunks = min(n, 128)
-    per_chunk = (n + chunks - 1) // chunks
+    chunks, per_chunk = balanced_chunks(n, 128)
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(xt: T.Buffer((k, m), "float32"), data: T.Buffer((nnz, 1, 1), "float32"), indices: T.Buffer((nnz,), "int32"),
@@ -117,30 +144,91 @@ def csr_transposed_kernel(m: int, k: int, n: int, nnz: int, relu: bool = False, 
     return kernel
 
 
-@register_lowering("sparsec", "BlockSparseMatMul")
+def _gpu_loop(bind: bool):
+    """``T.thread_binding`` loops, or (``bind=False``) the same loops serial, so that a GPU
+    kernel's index arithmetic can be run and checked on the CPU where no GPU is lent."""
+    if bind:
+        return lambda extent, thread: T.thread_binding(extent, thread=thread)
+    return lambda extent, thread: T.serial(extent)
+
+
+def bsr_kernel_cuda(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool = False, bind: bool = True):
+    """The CUDA kernel for any block shape (1x1 too): a thread per output element. A thread
+    block owns one block row of R outputs (threadIdx.x) for TY activation rows (threadIdx.y), so
+    a warp reads the R floats of each stored block side by side (coalesced, for 32x1 blocks one
+    transaction per block) while every thread of the warp reads the same activation (a broadcast).
+    Compiled here; it runs where a GPU is lent (not measured yet). ``bind=False`` makes the
+    thread loops serial (a CPU build of the same arithmetic, for tests)."""
+    r, c = block
+    loop = _gpu_loop(bind)
+    block_rows = n // r
+    ty = max(1, min(64, 256 // r))
+    tiles = (m + ty - 1) // ty
+
+    @T.prim_func(private=True, s_tir=True)
+    def kernel(x: T.Buffer((m, k), "float32"), data: T.Buffer((nnzb, c, r), "float32"), indices: T.Buffer((nnzb,), "int32"),
+               indptr: T.Buffer((block_rows + 1,), "int32"), bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for rb in loop(block_rows, "blockIdx.x"):
+            for tile in loop(tiles, "blockIdx.y"):
+                for ti in loop(ty, "threadIdx.y"):
+                    for j in loop(r, "threadIdx.x"):
+                        acc = T.decl_buffer((1,), "float32", scope="local")
+                        if tile * ty + ti < m:
+                            acc[0] = T.float32(0)
+                            for p in range(indptr[rb], indptr[rb + 1]):
+                                for kk in range(c):
+                                    acc[0] = acc[0] + x[tile * ty + ti, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
+                            y[tile * ty + ti, rb * r + j] = T.if_then_else(relu, T.max(acc[0] + bias[rb * r + j], T.float32(0)),
+                                                                           acc[0] + bias[rb * r + j])
+
+    return kernel
+
+
+def _rows_of(bb: relax.BlockBuilder, x, k: int):
+    """x flattened to [rows, k]: (flat x, leading dims, rows as an int or a symbolic expression)."""
+    lead = list(x.ty.shape.values[:-1])
+    if all(isinstance(d, tvm.tirx.IntImm) for d in lead):
+        rows = int(np.prod([int(d) for d in lead]))
+    else:
+        rows = lead[0]
+        for d in lead[1:]:
+            rows = rows * d
+    flat = x if len(lead) == 1 else bb.normalize(relax.op.reshape(x, [rows, k]))
+    return flat, lead, rows
+
+
+@register_lowering("sparsec", "BlockSparseMatMul", targets=("cuda",))
+def lower_block_sparse_matmul_cuda(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
+    x, data, indices, indptr = inputs[:4]
+    out, k = (int(d) for d in node.attr("shape"))
+    block = tuple(int(d) for d in node.attr("block"))
+    bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else relax.const(np.zeros(out, np.float32))
+    nnzb = int(node.input(2).const.shape[0])
+    flat, lead, rows = _rows_of(bb, x, k)
+    m = rows if isinstance(rows, int) else tvm.tirx.Var("m", "int64")
+    relu = node.attr("activation", "none") == "relu"
+    name = f"bsr_matmul_cuda_{rows if isinstance(rows, int) else 'dyn'}x{k}x{out}_{block[0]}x{block[1]}{'_relu' if relu else ''}"
+    kernel = bb.add_func(bsr_kernel_cuda(m, k, out, block, nnzb, relu), name)
+    y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([rows, out], "float32")))
+    return y if len(lead) == 1 else bb.normalize(relax.op.reshape(y, [*lead, out]))
+
+
+@register_lowering("sparsec", "BlockSparseMatMul", targets=CPU_TARGETS)
 def lower_block_sparse_matmul(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
     x, data, indices, indptr = inputs[:4]
     out, k = (int(d) for d in node.attr("shape"))
     block = tuple(int(d) for d in node.attr("block"))
     bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else relax.const(np.zeros(out, np.float32))
     nnzb = int(node.input(2).const.shape[0])
-    lead = list(x.ty.shape.values[:-1])
-    static = all(isinstance(d, tvm.tirx.IntImm) for d in lead)
-    rows = int(np.prod([int(d) for d in lead])) if static else None
-    if rows is None:  # symbolic: the BSR kernel takes any row count (CSR needs it static)
-        count = lead[0]
-        for d in lead[1:]:
-            count = count * d
-        flat = x if len(lead) == 1 else bb.normalize(relax.op.reshape(x, [count, k]))
-        m_var = tvm.tirx.Var("m", "int64")
-        kernel = bb.add_func(bsr_kernel(m_var, k, out, block, nnzb, node.attr("activation", "none") == "relu"),
-                             f"bsr_matmul_dyn_{k}x{out}_{block[0]}x{block[1]}")
-        y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([count, out], "float32")))
-        return y if len(lead) == 1 else bb.normalize(relax.op.reshape(y, [*lead, out]))
-    flat = x if len(lead) == 1 else bb.normalize(relax.op.reshape(x, [rows, k]))
+    flat, lead, rows = _rows_of(bb, x, k)
     relu = node.attr("activation", "none") == "relu"
     suffix = "_relu" if relu else ""
-    if block == (1, 1):
+    if not isinstance(rows, int):  # symbolic: the BSR kernel takes any row count (CSR needs it static)
+        kernel = bb.add_func(bsr_kernel(tvm.tirx.Var("m", "int64"), k, out, block, nnzb, relu),
+                             f"bsr_matmul_dyn_{k}x{out}_{block[0]}x{block[1]}{suffix}")
+        y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([rows, out], "float32")))
+    elif block == (1, 1):
         kernel = bb.add_func(csr_transposed_kernel(rows, k, out, nnzb, relu), f"csr_matmul_{rows}x{k}x{out}{suffix}")
         xt = bb.normalize(relax.op.permute_dims(flat, [1, 0]))
         yt = bb.normalize(relax.call_tir(kernel, [xt, data, indices, indptr, bias], relax.TensorType([out, rows], "float32")))
@@ -149,6 +237,4 @@ def lower_block_sparse_matmul(bb: relax.BlockBuilder, node: Node, inputs: list, 
         kernel = bb.add_func(bsr_kernel(rows, k, out, block, nnzb, relu),
                              f"bsr_matmul_{rows}x{k}x{out}_{block[0]}x{block[1]}{suffix}")
         y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([rows, out], "float32")))
-    if len(lead) != 1:
-        y = bb.normalize(relax.op.reshape(y, [*lead, out]))
-    return y
+    return y if len(lead) == 1 else bb.normalize(relax.op.reshape(y, [*lead, out]))
