@@ -26,3 +26,10 @@ def assert_matches_ort(compiled, model, feeds, rtol=RTOL, atol=ATOL):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def cuda_source(compiled) -> str:
+    """The CUDA C of a model compiled for target "cuda" (its device module's source)."""
+    executable = compiled._runner.executable
+    host = executable.mod if hasattr(executable, "mod") else executable
+    return "".join(device.inspect_source("cuda") for lib in host.imports for device in lib.imports if device.kind == "cuda")

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 import sparsec
-from conftest import assert_matches_ort
+from conftest import assert_matches_ort, cuda_source
 from sparsec.analysis.sparsity import analyze
 from sparsec.cli import main
 from sparsec.models.pruned import pruned_ffn
@@ -143,13 +143,6 @@ def test_inspect_shows_the_structure(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     weights = {w["name"]: w for w in info["weights"]}
     assert weights["l0_w1"]["structure"] == "block 16x1" and "16x1" in weights["l0_w1"]["blocks"]
-
-
-def cuda_source(compiled) -> str:
-    """The CUDA C of a model compiled for target "cuda" (its device module's source)."""
-    executable = compiled._runner.executable
-    host = executable.mod if hasattr(executable, "mod") else executable
-    return "".join(device.inspect_source("cuda") for lib in host.imports for device in lib.imports if device.kind == "cuda")
 
 
 def test_cuda_gets_cuda_sparse_kernels_when_asked_and_a_reason_when_not():

@@ -24,6 +24,7 @@ from tvm.script import tirx as T
 
 from ....ir.graph import Node
 from ..lower import CPU_TARGETS, register_lowering
+from .sparse import _gpu_loop
 from ..targets import host_vector_lanes, host_vector_registers
 
 MR = 4  # token rows per register tile
@@ -133,15 +134,89 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
     return kernel
 
 
-@register_lowering("sparsec", "MoE", targets=CPU_TARGETS)
-def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
-    x, logits, w1, b1, w2, b2 = inputs[:6]
+def moe_kernel_cuda(tokens, hidden: int, ffn: int, experts: int, k: int, activation: str, gated: bool = False,
+                    bind: bool = True, threads: int = 128):
+    """The CUDA kernel: the same three steps as three launches, one thread per output element.
+
+    1. counting sort on one thread (T x k small integers): positions grouped by expert, and for
+       each (token, slot) its position;
+    2. ``h[pos, f]``: a thread per element, reading ``x[token]`` and W1[e]'s column f (threads
+       of a warp read adjacent columns: coalesced);
+    3. ``y[t, v] = sum over the k slots of weight * (h[pos] @ W2[e] + b2[e])[v]``, a thread per
+       element, slots in order.
+    Only the experts chosen are read. Not tiled for the GPU's memory hierarchy yet, and not run
+    here (no GPU lent): ``bind=False`` makes the thread loops serial, a CPU build of the same
+    arithmetic for tests."""
+    act = _activation(activation)
+    loop = _gpu_loop(bind)
+    pairs = tokens * k
+    width1 = 2 * ffn if gated else ffn
+    blocks1 = (pairs * ffn + threads - 1) // threads
+    blocks2 = (tokens * hidden + threads - 1) // threads
+
+    @T.prim_func(private=True, s_tir=True)
+    def kernel(x: T.Buffer((tokens, hidden), "float32"), idx: T.Buffer((tokens, k), "int32"),
+               gate: T.Buffer((tokens, k), "float32"), w1: T.Buffer((experts, hidden, width1), "float32"),
+               b1: T.Buffer((experts, width1), "float32"), w2: T.Buffer((experts, ffn, hidden), "float32"),
+               b2: T.Buffer((experts, hidden), "float32"), y: T.Buffer((tokens, hidden), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        fill = T.alloc_buffer((experts + 1,), "int32")
+        token_at = T.alloc_buffer((pairs,), "int32")
+        expert_at = T.alloc_buffer((pairs,), "int32")
+        position = T.alloc_buffer((tokens, k), "int32")
+        h = T.alloc_buffer((pairs, ffn), "float32")
+        # 1. counting sort of (token, slot) by expert, on one thread
+        for _b in loop(1, "blockIdx.x"):
+            for _t in loop(1, "threadIdx.x"):
+                for e in range(experts + 1):
+                    fill[e] = 0
+                for t, j in T.grid(tokens, k):
+                    fill[idx[t, j] + 1] = fill[idx[t, j] + 1] + 1
+                for e in range(experts):
+                    fill[e + 1] = fill[e + 1] + fill[e]
+                for t, j in T.grid(tokens, k):
+                    position[t, j] = fill[idx[t, j]]
+                    token_at[fill[idx[t, j]]] = T.Cast("int32", t)
+                    expert_at[fill[idx[t, j]]] = idx[t, j]
+                    fill[idx[t, j]] = fill[idx[t, j]] + 1
+        # 2. the first layer, a thread per element of h
+        for bo in loop(blocks1, "blockIdx.x"):
+            for ti in loop(threads, "threadIdx.x"):
+                acc = T.decl_buffer((2,), "float32", scope="local")
+                if bo * threads + ti < pairs * ffn:
+                    acc[0] = b1[expert_at[(bo * threads + ti) // ffn], (bo * threads + ti) % ffn]
+                    if gated:
+                        acc[1] = b1[expert_at[(bo * threads + ti) // ffn], ffn + (bo * threads + ti) % ffn]
+                    for c in range(hidden):
+                        acc[0] = acc[0] + x[token_at[(bo * threads + ti) // ffn], c] * w1[
+                            expert_at[(bo * threads + ti) // ffn], c, (bo * threads + ti) % ffn]
+                        if gated:
+                            acc[1] = acc[1] + x[token_at[(bo * threads + ti) // ffn], c] * w1[
+                                expert_at[(bo * threads + ti) // ffn], c, ffn + (bo * threads + ti) % ffn]
+                    if gated:
+                        h[(bo * threads + ti) // ffn, (bo * threads + ti) % ffn] = act(acc[0]) * acc[1]
+                    else:
+                        h[(bo * threads + ti) // ffn, (bo * threads + ti) % ffn] = act(acc[0])
+        # 3. the second layer, weighted and summed over the k slots, a thread per element of y
+        for bo in loop(blocks2, "blockIdx.x"):
+            for ti in loop(threads, "threadIdx.x"):
+                acc = T.decl_buffer((2,), "float32", scope="local")
+                if bo * threads + ti < tokens * hidden:
+                    acc[0] = T.float32(0)
+                    for j in range(k):
+                        acc[1] = b2[idx[(bo * threads + ti) // hidden, j], (bo * threads + ti) % hidden]
+                        for c in range(ffn):
+                            acc[1] = acc[1] + h[position[(bo * threads + ti) // hidden, j], c] * w2[
+                                idx[(bo * threads + ti) // hidden, j], c, (bo * threads + ti) % hidden]
+                        acc[0] = acc[0] + gate[(bo * threads + ti) // hidden, j] * acc[1]
+                    y[(bo * threads + ti) // hidden, (bo * threads + ti) % hidden] = acc[0]
+
+    return kernel
+
+
+def _route(bb: relax.BlockBuilder, node: Node, logits):
+    """The router as Relax ops: (expert ids [T, k] int32, their weights [T, k])."""
     k = int(node.attr("k"))
-    experts, ffn, hidden = node.input(4).const.shape
-    gated = bool(node.attr("gated", 0))
-    count = x.ty.shape.values[0]
-    static = isinstance(count, tvm.tirx.IntImm)
-    tokens = int(count) if static else tvm.tirx.Var("tokens", "int64")
     if node.attr("softmax") == "before":
         top = bb.normalize(relax.op.topk(bb.normalize(relax.op.nn.softmax(logits, axis=-1)), k, axis=-1, dtype="int32"))
         weights = bb.normalize(relax.TupleGetItem(top, 0))
@@ -150,13 +225,38 @@ def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
     else:
         top = bb.normalize(relax.op.topk(logits, k, axis=-1, dtype="int32"))
         weights = bb.normalize(relax.op.nn.softmax(bb.normalize(relax.TupleGetItem(top, 0)), axis=-1))
-    idx = bb.normalize(relax.TupleGetItem(top, 1))
-    activation = node.attr("activation")
-    kernel = bb.add_func(moe_kernel(tokens, int(hidden), int(ffn), int(experts), k, activation, gated),
-                         f"moe_{tokens if static else 'dyn'}x{hidden}_e{experts}_f{ffn}_k{k}_{activation}{'_gated' * gated}")
+    return bb.normalize(relax.TupleGetItem(top, 1)), weights
+
+
+def _moe_signature(node: Node, x):
+    """(tokens as an int or a fresh Var, its Relax dim, hidden, ffn, experts, k, activation, gated, name)."""
+    experts, ffn, hidden = (int(d) for d in node.input(4).const.shape)
+    count = x.ty.shape.values[0]
+    static = isinstance(count, tvm.tirx.IntImm)
+    tokens = int(count) if static else tvm.tirx.Var("tokens", "int64")
+    k, activation, gated = int(node.attr("k")), node.attr("activation"), bool(node.attr("gated", 0))
+    name = f"moe_{tokens if static else 'dyn'}x{hidden}_e{experts}_f{ffn}_k{k}_{activation}{'_gated' * gated}"
+    return tokens, count, hidden, ffn, experts, k, activation, gated, name
+
+
+@register_lowering("sparsec", "MoE", targets=CPU_TARGETS)
+def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
+    x, logits, w1, b1, w2, b2 = inputs[:6]
+    tokens, count, hidden, ffn, experts, k, activation, gated, name = _moe_signature(node, x)
+    idx, weights = _route(bb, node, logits)
+    kernel = bb.add_func(moe_kernel(tokens, hidden, ffn, experts, k, activation, gated), name)
     w1p, b1p, w2p = pack_expert_weights(node.input(2).const, node.input(3).const, node.input(4).const, gated)
     return relax.call_tir(kernel, [x, idx, weights, relax.const(w1p), relax.const(b1p), relax.const(w2p), b2],
-                          relax.TensorType([count, int(hidden)], "float32"))
+                          relax.TensorType([count, hidden], "float32"))
+
+
+@register_lowering("sparsec", "MoE", targets=("cuda",))
+def lower_moe_cuda(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
+    x, logits, w1, b1, w2, b2 = inputs[:6]
+    tokens, count, hidden, ffn, experts, k, activation, gated, name = _moe_signature(node, x)
+    idx, weights = _route(bb, node, logits)
+    kernel = bb.add_func(moe_kernel_cuda(tokens, hidden, ffn, experts, k, activation, gated), name + "_cuda")
+    return relax.call_tir(kernel, [x, idx, weights, w1, b1, w2, b2], relax.TensorType([count, hidden], "float32"))
 
 
 def pack_expert_weights(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, gated: bool = False):
