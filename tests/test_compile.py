@@ -234,6 +234,28 @@ def test_register_tiles_fit_the_register_file(lanes, registers):
         assert mr * vectors + vectors + 1 <= registers or mr == 1
 
 
+@pytest.mark.parametrize("m, k, n, parallel", [(1, 64, 96, False), (4, 96, 64, False), (128, 256, 512, True)])
+def test_small_kernels_run_on_the_calling_thread(m, k, n, parallel, rng):
+    """A kernel under SERIAL_WORK multiply-adds has no parallel loop (waking the pool would cost
+    more than it saves); a larger one keeps its parallel loop. Both match ORT."""
+    import tvm_ffi
+    from tvm import tirx
+
+    from sparsec.backends.tvm.schedules.cpu import SERIAL_WORK
+
+    w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])]
+    model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [w, b])
+    assert (m * k * n >= SERIAL_WORK) == parallel
+    kinds = []
+    for gv, func in _scheduled_module(model).functions_items():
+        if isinstance(func, tirx.PrimFunc) and "matmul" in gv.name_hint:
+            tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: kinds.append(loop.kind)))
+    assert kinds and (tirx.ForKind.PARALLEL in kinds) == parallel
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((m, k)).astype(np.float32)})
+
+
 @pytest.mark.parametrize("m, k, n, order", [
     (1024, 384, 1536, "row blocks"),  # A far beyond L2: blocks of rows, panels inside
     (1000, 384, 1536, "row blocks"),  # no divisor near the block size: a partial last block

@@ -43,6 +43,41 @@ def _vector_registers(target: Target) -> int:
     return host_vector_registers() if target.kind.name == "llvm" else 16
 
 
+# Work (multiply-adds, see _work) below which a kernel runs on the calling thread: TVM's pool,
+# not spinning between kernels, takes tens of microseconds to wake, more than a small kernel saves
+# by splitting. PP-OCR's classifier (~100 kernels of a few microseconds) went from 1.35x to 1.66x
+# ORT with this; the detector, MiniLM and BERT-sized kernels are above it (unchanged, measured
+# side by side on Zen 3, 2 threads). A threshold of 1M with elements counted once (not 8 times)
+# made the detector's elementwise kernels serial: 25 -> 38 ms.
+SERIAL_WORK = 1 << 20
+ELEMENT_COST = 8
+
+
+def _work(sch: s_tir.Schedule) -> int | None:
+    """The kernel's work in multiply-adds: for each block, the product of its loops' extents
+    (None if one is symbolic), an element written without a reduction counted as ELEMENT_COST
+    (memory-bound elementwise code writes ~1 element per cycle where a vectorised GEMM does ~8
+    multiply-adds)."""
+    total = 0
+    for block in sch.get_child_blocks(get_root_block(sch)):
+        size = 1
+        for loop in sch.get_loops(block):
+            extent = _static(sch.get(loop).extent)
+            if extent is None:
+                return None
+            size *= extent
+        reduces = any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+        total += size if reduces else size * ELEMENT_COST
+    return total
+
+
+def _parallel(sch: s_tir.Schedule, loop) -> None:
+    """``sch.parallel(loop)``, unless the whole kernel is too small to pay for waking the pool."""
+    work = _work(sch)
+    if work is None or work >= SERIAL_WORK:
+        sch.parallel(loop)
+
+
 def _try(fn, *args) -> bool:
     try:
         fn(*args)
@@ -163,7 +198,7 @@ class CPUMatmul(_CPURule):
         tile = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(tile, tile_at)
         _fuse_epilogue(sch, tile, tile_at)
-        sch.parallel(sch.fuse(*outer))
+        _parallel(sch, sch.fuse(*outer))
         sch.unroll(ii)
         _vectorize_by(sch, ji, lanes)
         return _finish_gemm(sch, target, main, k, tile, packed)
@@ -308,7 +343,7 @@ def _vector_matrix(func, target: Target):
     sch.reverse_compute_at(tile, jo)
     _fuse_epilogue(sch, tile, jo)
     outer = sch.fuse(*spatial, jo) if spatial else jo
-    sch.parallel(outer)
+    _parallel(sch, outer)
     sch.vectorize(ji)
     return _finish_gemm(sch, target, main, k, tile, packed)
 
@@ -378,7 +413,7 @@ class CPUConv(_CPURule):
         tile = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(tile, xo)
         _fuse_epilogue(sch, tile, xo)
-        sch.parallel(sch.fuse(n, fo, y))
+        _parallel(sch, sch.fuse(n, fo, y))
         sch.unroll(fi)
         sch.unroll(xm_loop)
         _try(sch.vectorize, xi)
@@ -390,7 +425,7 @@ class CPUConv(_CPURule):
         for block in padded:
             pad_loops = sch.get_loops(block)
             if len(pad_loops) >= 2:
-                sch.parallel(sch.fuse(*pad_loops[:-1]))
+                _parallel(sch, sch.fuse(*pad_loops[:-1]))
         skip = _scheduled_names(sch, main) | {sch.get(b).name_hint for b in padded} | ({packed} if packed else set())
         _schedule_remaining(sch, target, skip=skip)
         return sch
@@ -476,7 +511,7 @@ class CPURowReduction(_CPURule):
         last = blocks[-1]
         loops = sch.get_loops(last)
         rows = sch.fuse(*loops[:leading]) if leading > 1 else loops[0]
-        sch.parallel(rows)
+        _parallel(sch, rows)
         _vectorise_innermost(sch, last, lanes)
         for block in reversed(blocks[:-1]):
             sch.compute_at(block, rows, preserve_unit_loops=True)
@@ -551,7 +586,7 @@ def _schedule_remaining(sch: s_tir.Schedule, target: Target, skip: set) -> None:
             spatial = spatial[:-1]  # keep the innermost loop for vectors
         if spatial:
             fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-            sch.parallel(fused)
+            _parallel(sch, fused)
         inner = sch.get_loops(block)[-1]
         extent = _static(sch.get(inner).extent)
         if _innermost_is_spatial(sch, block) and extent and extent % lanes == 0 and extent >= lanes:
