@@ -199,9 +199,16 @@ def test_conv_block(rng):
     (16, 32, 1, (4, 32), 1),    # 1x1 over whole vectors: the convolution schedule
     (24, 24, 1, (5, 20), 1),    # 1x1 over a ragged row: the GEMM schedule
     (16, 16, 3, (4, 48), 16),   # depthwise
+    (96, 24, 3, (3, 80), 1),    # input rows beyond L1: the reduction in chunks of channels
+    (24, 24, 3, (4, 20), 1),    # rows of 20: 4-wide vectors, no predicated tail
+    (16, 16, 5, (6, 10), 16),   # depthwise 5x5, rows of 10
 ])
 def test_conv_tiles(cin, cout, k, size, group, rng):
     """Every convolution tile shape and the 1x1 hand-off to the GEMM rule, with the epilogue fused."""
+    from sparsec.backends.tvm.schedules.cpu import _conv_channel_chunk
+
+    chunk = _conv_channel_chunk(cin // group, k, k, size[1], 1)
+    assert (chunk is not None) == (cin == 96) and (chunk is None or cin % chunk == 0)
     w = numpy_helper.from_array((rng.standard_normal((cout, cin // group, k, k)) / k).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[k // 2] * 4, group=group),
