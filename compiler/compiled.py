@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendOutputError, InputError, SparsecError
+from .errors import BackendOutputError, InputError, RunError, SparsecError
 from .ir.graph import Value
 from .ir.types import TensorType, dtype_of_array
 
@@ -64,7 +64,14 @@ class CompiledModel:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run on named inputs; returns the outputs in the graph's output order."""
         arrays = self._check_feeds(feeds)
-        outputs = self._runner.run(arrays)
+        try:
+            outputs = self._runner.run(arrays)
+        except SparsecError:
+            raise
+        except Exception as err:  # the backend's own error types (TVM's raised from C++, ORT's)
+            lines = str(err).strip().splitlines()
+            raise RunError(f"the {self.report.get('backend', 'backend')} backend stopped on these inputs: "
+                           f"{lines[-1] if lines else type(err).__name__}") from None
         self._check_outputs(arrays, outputs)
         return outputs
 

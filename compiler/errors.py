@@ -26,6 +26,11 @@ class InputError(SparsecError):
     """Run-time feeds that do not match the model: unknown or missing name, wrong shape or dtype."""
 
 
+class RunError(SparsecError):
+    """The compiled model stopped on the inputs given, with the backend's reason (an index out of
+    range, for one): the inputs are inconsistent with the model, not its shapes or dtypes."""
+
+
 class CompileError(SparsecError):
     """Compilation failed for a reason the user should know about (the message says which)."""
 

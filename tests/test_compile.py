@@ -458,3 +458,23 @@ def test_outputs_of_earlier_calls_stay_intact(rng):
     outs = [compiled.run({"x": x})[0] for x in xs]
     for x, out in zip(xs, outs):
         np.testing.assert_allclose(out, ort.run(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("data_shape, index_shape, axis", [((10, 6), ["b", "s"], 0), ((4, 10, 3), [5], 1), ((10, 7), [], 0),
+                                                         ((3, 10), [2, 2], -1)])
+def test_gather_checks_its_indices_at_run_time(data_shape, index_shape, axis, rng):
+    """A Gather over indices computed at run time matches ORT for indices in [-dim, dim)
+    (negative ones count from the end) and raises a RunError naming the node for any other,
+    where TVM's take read outside the tensor (a random attention mask segfaulted an OPT export)."""
+    table = numpy_helper.from_array(rng.standard_normal(data_shape).astype(np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["y"], axis=axis, name="lookup")]
+    model = make(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, index_shape)],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table])
+    compiled = sparsec.compile(model)
+    concrete = [2, 3] if index_shape == ["b", "s"] else index_shape
+    ids = rng.integers(-10, 10, concrete).astype(np.int64)
+    assert_matches_ort(compiled, model, {"ids": ids})
+    with pytest.raises(sparsec.RunError, match="'lookup': an index is outside \\[-10, 10\\)"):
+        compiled.run({"ids": np.full(concrete, 10, np.int64)})
+    with pytest.raises(sparsec.RunError):
+        compiled.run({"ids": np.full(concrete, -11, np.int64)})

@@ -170,10 +170,20 @@ def _patch_conv_transpose(bb: relax.BlockBuilder, inputs: list, attrs: dict):
 
 
 # TVM converters that sparsec replaces where it knows better; each returns None to decline.
+# Standard ops whose TVM converter sparsec replaces, where it can (an override returning None
+# leaves the node to TVM's converter). Kernels add theirs with ``register_converter_override``.
 _CONVERTER_OVERRIDES = {
     "Range": lambda bb, inputs, attrs: _symbolic_range(bb, inputs),
     "ConvTranspose": _patch_conv_transpose,
 }
+
+
+def register_converter_override(op_type: str):
+    def wrap(fn):
+        _CONVERTER_OVERRIDES[op_type] = fn
+        return fn
+
+    return wrap
 
 
 def lower_to_relax(graph: Graph, target: str = "llvm", backend: str = "tvm"):
