@@ -27,12 +27,18 @@ class TVMBackend:
         mod, _ = lower_to_relax(graph, target)
         tuning, database = _tuning(spec, tvm_target, mod, options)
         try:
-            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.pipeline(tvm_target, database))
+            with tvm.transform.PassContext(config=spec.build_config):
+                executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.pipeline(tvm_target, database))
+            if spec.compiles_source:
+                executable.jit()
         except SparsecError:
             raise
         except Exception as err:  # TVM raises its own error types from C++
-            first = str(err).strip().splitlines()
-            message = f"TVM failed to build for {target}: {first[-1] if first else type(err).__name__}"
+            lines = str(err).strip().splitlines()
+            # A C compiler's report ends with its command line: name its first error instead.
+            errors = [line.strip() for line in lines if ": error:" in line]
+            reason = errors[0] if errors else lines[-1] if lines else type(err).__name__
+            message = f"TVM failed to build for {target}: {reason}"
             symbols = sorted({d for v in graph.inputs if v.shape for d in v.shape if isinstance(d, str)})
             if symbols:
                 message += (f" (the model has symbolic input dims {symbols}; pinning them often helps: "

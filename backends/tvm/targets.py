@@ -22,6 +22,10 @@ class TargetSpec:
     can_run: Callable[[], tuple[bool, str]]  # (runnable here?, why not)
     options: dict = field(default_factory=dict)  # option name -> help
     tunable: bool = False  # MetaSchedule can time candidates here (--tune)
+    build_config: dict = field(default_factory=dict)  # TVM PassContext config for the build
+    # Emits source that a C compiler builds when the model first runs: built once at compile time
+    # too, so that a compiler error is a compile error, not a run-time one.
+    compiles_source: bool = False
 
 
 _TARGETS: dict[str, TargetSpec] = {}
@@ -173,4 +177,7 @@ register_target(TargetSpec(
 register_target(TargetSpec(
     "c", "portable C source for the host (for toolchains without LLVM)",
     lambda o: __import__("tvm").target.Target({"kind": "c"}),
-    _cpu_pipeline, _device("cpu"), lambda: (True, "")))
+    _cpu_pipeline, _device("cpu"), lambda: (True, ""),
+    # TVM's C code generator has no vector types: vectorised loops (every CPU schedule and
+    # kernel has them) are emitted as scalar loops, or the C compiler fails on "float4".
+    build_config={"tirx.disable_vectorize": True}, compiles_source=True))

@@ -31,6 +31,12 @@ def row_tile(r: int, lanes: int | None = None, registers: int | None = None) -> 
     return max(1, min(8, (registers - 1 - vectors) // vectors))
 
 
+def _epilogue(relu: bool):
+    """What is written after the bias: ReLU as max(., 0), or the value itself. (Not max(., -inf):
+    the C code generator prints that constant as an undeclared ``inff``.)"""
+    return (lambda v: T.max(v, T.float32(0))) if relu else (lambda v: v)
+
+
 def balanced_chunks(items: int, most: int) -> tuple[int, int]:
     """(chunks, items per chunk): at most ``most`` chunks, each but possibly the last full. The
     thread pool hands each thread a contiguous run of chunks, so empty trailing chunks would
@@ -50,8 +56,7 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
     # the parallel loop body it would be a workspace allocation per iteration.
     chunks, per_chunk = balanced_chunks(block_rows, 64)
 
-    # The epilogue: bias, then ReLU as max(., 0), or max(., -inf) (a no-op) without one.
-    low = T.float32(0) if relu else T.float32(float("-inf"))
+    epilogue = _epilogue(relu)
     # Rows past the last full tile: with m known, one unrolled tile of m % mr rows (a row at a
     # time ran 2 of 32 rows at a third of the speed); with m symbolic, a row at a time.
     full = m // mr * mr
@@ -80,7 +85,7 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
                                         acc[i, j] = acc[i, j] + x[mo * mr + i, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
                         for i in T.unroll(mr):
                             for j in T.vectorized(r):
-                                y[mo * mr + i, rb * r + j] = T.max(acc[i, j] + bias[rb * r + j], low)
+                                y[mo * mr + i, rb * r + j] = epilogue(acc[i, j] + bias[rb * r + j])
                     for _ in range(tail_tiles):  # static m: the rows left over as one smaller tile
                         for i in T.unroll(tail):
                             for j in T.vectorized(r):
@@ -92,7 +97,7 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
                                         acc[i, j] = acc[i, j] + x[full + i, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
                         for i in T.unroll(tail):
                             for j in T.vectorized(r):
-                                y[full + i, rb * r + j] = T.max(acc[i, j] + bias[rb * r + j], low)
+                                y[full + i, rb * r + j] = epilogue(acc[i, j] + bias[rb * r + j])
                     for row in range(single_rows):  # symbolic m: the rows left over, one at a time
                         for j in T.vectorized(r):
                             acc[0, j] = T.float32(0)
@@ -101,7 +106,7 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
                                 for j in T.vectorized(r):
                                     acc[0, j] = acc[0, j] + x[full + row, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
                         for j in T.vectorized(r):
-                            y[full + row, rb * r + j] = T.max(acc[0, j] + bias[rb * r + j], low)
+                            y[full + row, rb * r + j] = epilogue(acc[0, j] + bias[rb * r + j])
 
     return kernel
 
@@ -113,7 +118,7 @@ def csr_transposed_kernel(m: int, k: int, n: int, nnz: int, relu: bool = False, 
     With the activations transposed, every non-zero scales one contiguous row of x.T and the
     tokens are the vector axis (the stores are contiguous too), so a 1x1 block costs a
     broadcast and a few vector FMAs instead of a gather per token."""
-    low = T.float32(0) if relu else T.float32(float("-inf"))
+    epilogue = _epilogue(relu)
     mt = min(m, tile)
     full, tail = m // mt, m % mt
     chunks, per_chunk = balanced_chunks(n, 128)
@@ -134,12 +139,12 @@ def csr_transposed_kernel(m: int, k: int, n: int, nnz: int, relu: bool = False, 
                             for j in T.vectorized(mt):
                                 acc[j] = acc[j] + data[p, 0, 0] * xt[T.Cast("int64", indices[p]), t * mt + j]
                         for j in T.vectorized(mt):
-                            yt[row, t * mt + j] = T.max(acc[j] + bias[row], low)
+                            yt[row, t * mt + j] = epilogue(acc[j] + bias[row])
                     for j in range(tail):
                         acc[j] = T.float32(0)
                         for p in range(indptr[row], indptr[row + 1]):
                             acc[j] = acc[j] + data[p, 0, 0] * xt[T.Cast("int64", indices[p]), full * mt + j]
-                        yt[row, full * mt + j] = T.max(acc[j] + bias[row], low)
+                        yt[row, full * mt + j] = epilogue(acc[j] + bias[row])
 
     return kernel
 
