@@ -495,3 +495,26 @@ def test_c_target_runs_and_matches_ort(rng):
     sparse = sparsec.compile(model, target="c", pass_options={"sparse-weights": {"policy": "always"}})
     assert sparse.report["rewrites"] == {"sparse-weights.bsr": 4}
     assert_matches_ort(sparse, model, feeds)
+
+
+@pytest.mark.parametrize("op, attrs, index_shape, update_shape", [
+    ("GatherElements", {"axis": 0}, [3, 6], None), ("GatherND", {}, [4, 1], None),
+    ("ScatterElements", {"axis": 0}, [3, 6], [3, 6]), ("ScatterND", {}, [1, 1], [1, 6])])
+def test_index_ops_check_their_indices_at_run_time(op, attrs, index_shape, update_shape, rng):
+    """Valid indices (negative ones too) match ORT; an index past its axis raises RunError where
+    TVM's kernels segfaulted (GatherND, ScatterElements) or read garbage (GatherElements)."""
+    data = numpy_helper.from_array(rng.standard_normal((10, 6)).astype(np.float32), "data")
+    inits, names = [data], ["data", "ids"]
+    if update_shape:
+        inits.append(numpy_helper.from_array(rng.standard_normal(update_shape).astype(np.float32), "upd"))
+        names.append("upd")
+    model = make([helper.make_node(op, names, ["y"], name="op", **attrs)],
+                 [helper.make_tensor_value_info("ids", TensorProto.INT64, index_shape)],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    compiled = sparsec.compile(model)
+    ids = rng.integers(-10, 10, index_shape)
+    if op.startswith("Scatter"):  # distinct rows (one negative): duplicates make a scatter order-dependent
+        ids = np.broadcast_to((np.arange(index_shape[0]) * 3 - 5)[:, None], index_shape).copy()
+    assert_matches_ort(compiled, model, {"ids": ids.astype(np.int64)})
+    with pytest.raises(sparsec.RunError, match=f"{op} 'op': an index is outside \\[-10, 10\\)"):
+        compiled.run({"ids": np.full(index_shape, 1_000_000, np.int64)})

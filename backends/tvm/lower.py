@@ -101,6 +101,9 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
         if lowering is not None:
             result = lowering(self.bb, node, list(inputs), attrs)
             return self.bb.normalize(result) if isinstance(result, relax.Expr) else result
+        guard = _INPUT_GUARDS.get(op_name)
+        if guard is not None:
+            inputs = guard(self.bb, inputs, attrs)
         override = _CONVERTER_OVERRIDES.get(op_name)
         if override is not None:
             result = override(self.bb, list(inputs), attrs)
@@ -171,16 +174,21 @@ def _patch_conv_transpose(bb: relax.BlockBuilder, inputs: list, attrs: dict):
 
 # TVM converters that sparsec replaces where it knows better; each returns None to decline.
 # Standard ops whose TVM converter sparsec replaces, where it can (an override returning None
-# leaves the node to TVM's converter). Kernels add theirs with ``register_converter_override``.
+# leaves the node to TVM's converter).
 _CONVERTER_OVERRIDES = {
     "Range": lambda bb, inputs, attrs: _symbolic_range(bb, inputs),
     "ConvTranspose": _patch_conv_transpose,
 }
 
 
-def register_converter_override(op_type: str):
+# Standard ops whose inputs are checked (or otherwise made safe) before any converter sees them:
+# fn(bb, inputs, attrs) -> inputs. The index checks register here.
+_INPUT_GUARDS: dict[str, Callable] = {}
+
+
+def register_input_guard(op_type: str):
     def wrap(fn):
-        _CONVERTER_OVERRIDES[op_type] = fn
+        _INPUT_GUARDS[op_type] = fn
         return fn
 
     return wrap
