@@ -65,6 +65,21 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
     tail_tiles = int(m % mr > 0) if static else 0
     single_rows = 0 if static else m - full
 
+    @T.macro
+    def tile(x, data, indices, indptr, bias, y, acc, rb, base, rows):
+        # `rows` (a Python int) activation rows from `base`, block row rb: an accumulator tile.
+        for i in T.unroll(rows):
+            for j in T.vectorized(r):
+                acc[i, j] = T.float32(0)
+        for p in range(indptr[rb], indptr[rb + 1]):
+            for kk in range(c):
+                for i in T.unroll(rows):
+                    for j in T.vectorized(r):
+                        acc[i, j] = acc[i, j] + x[base + i, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
+        for i in T.unroll(rows):
+            for j in T.vectorized(r):
+                y[base + i, rb * r + j] = epilogue(acc[i, j] + bias[rb * r + j])
+
     @T.prim_func(private=True, s_tir=True)
     def kernel(x: T.Buffer((m, k), "float32"), data: T.Buffer((nnzb, c, r), "float32"), indices: T.Buffer((nnzb,), "int32"),
                indptr: T.Buffer((block_rows + 1,), "int32"), bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
@@ -75,38 +90,11 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
                 rb = T.meta_var(chunk * per_chunk + rb_local)
                 if rb < block_rows:
                     for mo in range(m // mr):
-                        for i in T.unroll(mr):
-                            for j in T.vectorized(r):
-                                acc[i, j] = T.float32(0)
-                        for p in range(indptr[rb], indptr[rb + 1]):
-                            for kk in range(c):
-                                for i in T.unroll(mr):
-                                    for j in T.vectorized(r):
-                                        acc[i, j] = acc[i, j] + x[mo * mr + i, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
-                        for i in T.unroll(mr):
-                            for j in T.vectorized(r):
-                                y[mo * mr + i, rb * r + j] = epilogue(acc[i, j] + bias[rb * r + j])
+                        tile(x, data, indices, indptr, bias, y, acc, rb, mo * mr, mr)
                     for _ in range(tail_tiles):  # static m: the rows left over as one smaller tile
-                        for i in T.unroll(tail):
-                            for j in T.vectorized(r):
-                                acc[i, j] = T.float32(0)
-                        for p in range(indptr[rb], indptr[rb + 1]):
-                            for kk in range(c):
-                                for i in T.unroll(tail):
-                                    for j in T.vectorized(r):
-                                        acc[i, j] = acc[i, j] + x[full + i, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
-                        for i in T.unroll(tail):
-                            for j in T.vectorized(r):
-                                y[full + i, rb * r + j] = epilogue(acc[i, j] + bias[rb * r + j])
+                        tile(x, data, indices, indptr, bias, y, acc, rb, full, tail)
                     for row in range(single_rows):  # symbolic m: the rows left over, one at a time
-                        for j in T.vectorized(r):
-                            acc[0, j] = T.float32(0)
-                        for p in range(indptr[rb], indptr[rb + 1]):
-                            for kk in range(c):
-                                for j in T.vectorized(r):
-                                    acc[0, j] = acc[0, j] + x[full + row, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
-                        for j in T.vectorized(r):
-                            y[full + row, rb * r + j] = epilogue(acc[0, j] + bias[rb * r + j])
+                        tile(x, data, indices, indptr, bias, y, acc, rb, full + row, 1)
 
     return kernel
 
