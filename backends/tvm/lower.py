@@ -173,8 +173,6 @@ def _patch_conv_transpose(bb: relax.BlockBuilder, inputs: list, attrs: dict):
 
 
 # TVM converters that sparsec replaces where it knows better; each returns None to decline.
-# Standard ops whose TVM converter sparsec replaces, where it can (an override returning None
-# leaves the node to TVM's converter).
 _CONVERTER_OVERRIDES = {
     "Range": lambda bb, inputs, attrs: _symbolic_range(bb, inputs),
     "ConvTranspose": _patch_conv_transpose,
