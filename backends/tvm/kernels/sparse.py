@@ -191,43 +191,53 @@ def _rows_of(bb: relax.BlockBuilder, x, k: int):
     return flat, lead, rows
 
 
+class _Operands:
+    """What both lowerings read off a BlockSparseMatMul node: x flattened to [rows, k] (rows an
+    int, or an expression of symbolic dims), the BSR arrays and bias, the shape and epilogue."""
+
+    def __init__(self, bb: relax.BlockBuilder, node: Node, inputs: list):
+        x, data, indices, indptr = inputs[:4]
+        self.out, self.k = (int(d) for d in node.attr("shape"))
+        self.block = tuple(int(d) for d in node.attr("block"))
+        bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else relax.const(np.zeros(self.out, np.float32))
+        self.sparse = [data, indices, indptr, bias]
+        self.nnzb = int(node.input(2).const.shape[0])
+        self.flat, self.lead, self.rows = _rows_of(bb, x, self.k)
+        self.relu = node.attr("activation", "none") == "relu"
+        self.suffix = "_relu" if self.relu else ""
+
+    def call(self, bb: relax.BlockBuilder, kernel, x):
+        """``kernel(x, data, indices, indptr, bias) -> [rows, out]``."""
+        return bb.normalize(relax.call_tir(kernel, [x, *self.sparse], relax.TensorType([self.rows, self.out], "float32")))
+
+    def unflatten(self, bb: relax.BlockBuilder, y):
+        return y if len(self.lead) == 1 else bb.normalize(relax.op.reshape(y, [*self.lead, self.out]))
+
+
 @register_lowering("sparsec", "BlockSparseMatMul", targets=("cuda",))
 def lower_block_sparse_matmul_cuda(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
-    x, data, indices, indptr = inputs[:4]
-    out, k = (int(d) for d in node.attr("shape"))
-    block = tuple(int(d) for d in node.attr("block"))
-    bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else relax.const(np.zeros(out, np.float32))
-    nnzb = int(node.input(2).const.shape[0])
-    flat, lead, rows = _rows_of(bb, x, k)
-    m = rows if isinstance(rows, int) else tvm.tirx.Var("m", "int64")
-    relu = node.attr("activation", "none") == "relu"
-    name = f"bsr_matmul_cuda_{rows if isinstance(rows, int) else 'dyn'}x{k}x{out}_{block[0]}x{block[1]}{'_relu' if relu else ''}"
-    kernel = bb.add_func(bsr_kernel_cuda(m, k, out, block, nnzb, relu), name)
-    y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([rows, out], "float32")))
-    return y if len(lead) == 1 else bb.normalize(relax.op.reshape(y, [*lead, out]))
+    o = _Operands(bb, node, inputs)
+    static = isinstance(o.rows, int)
+    m = o.rows if static else tvm.tirx.Var("m", "int64")
+    name = f"bsr_matmul_cuda_{o.rows if static else 'dyn'}x{o.k}x{o.out}_{o.block[0]}x{o.block[1]}{o.suffix}"
+    kernel = bb.add_func(bsr_kernel_cuda(m, o.k, o.out, o.block, o.nnzb, o.relu), name)
+    return o.unflatten(bb, o.call(bb, kernel, o.flat))
 
 
 @register_lowering("sparsec", "BlockSparseMatMul", targets=CPU_TARGETS)
 def lower_block_sparse_matmul(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
-    x, data, indices, indptr = inputs[:4]
-    out, k = (int(d) for d in node.attr("shape"))
-    block = tuple(int(d) for d in node.attr("block"))
-    bias = inputs[4] if len(inputs) > 4 and inputs[4] is not None else relax.const(np.zeros(out, np.float32))
-    nnzb = int(node.input(2).const.shape[0])
-    flat, lead, rows = _rows_of(bb, x, k)
-    relu = node.attr("activation", "none") == "relu"
-    suffix = "_relu" if relu else ""
-    if not isinstance(rows, int):  # symbolic: the BSR kernel takes any row count (CSR needs it static)
-        kernel = bb.add_func(bsr_kernel(tvm.tirx.Var("m", "int64"), k, out, block, nnzb, relu),
-                             f"bsr_matmul_dyn_{k}x{out}_{block[0]}x{block[1]}{suffix}")
-        y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([rows, out], "float32")))
-    elif block == (1, 1):
-        kernel = bb.add_func(csr_transposed_kernel(rows, k, out, nnzb, relu), f"csr_matmul_{rows}x{k}x{out}{suffix}")
-        xt = bb.normalize(relax.op.permute_dims(flat, [1, 0]))
-        yt = bb.normalize(relax.call_tir(kernel, [xt, data, indices, indptr, bias], relax.TensorType([out, rows], "float32")))
+    o = _Operands(bb, node, inputs)
+    shape = f"{o.k}x{o.out}_{o.block[0]}x{o.block[1]}{o.suffix}"
+    if not isinstance(o.rows, int):  # symbolic: the BSR kernel takes any row count (CSR needs it static)
+        kernel = bb.add_func(bsr_kernel(tvm.tirx.Var("m", "int64"), o.k, o.out, o.block, o.nnzb, o.relu), f"bsr_matmul_dyn_{shape}")
+        y = o.call(bb, kernel, o.flat)
+    elif o.block == (1, 1):
+        kernel = bb.add_func(csr_transposed_kernel(o.rows, o.k, o.out, o.nnzb, o.relu),
+                             f"csr_matmul_{o.rows}x{o.k}x{o.out}{o.suffix}")
+        xt = bb.normalize(relax.op.permute_dims(o.flat, [1, 0]))
+        yt = bb.normalize(relax.call_tir(kernel, [xt, *o.sparse], relax.TensorType([o.out, o.rows], "float32")))
         y = bb.normalize(relax.op.permute_dims(yt, [1, 0]))
     else:
-        kernel = bb.add_func(bsr_kernel(rows, k, out, block, nnzb, relu),
-                             f"bsr_matmul_{rows}x{k}x{out}_{block[0]}x{block[1]}{suffix}")
-        y = bb.normalize(relax.call_tir(kernel, [flat, data, indices, indptr, bias], relax.TensorType([rows, out], "float32")))
-    return y if len(lead) == 1 else bb.normalize(relax.op.reshape(y, [*lead, out]))
+        kernel = bb.add_func(bsr_kernel(o.rows, o.k, o.out, o.block, o.nnzb, o.relu), f"bsr_matmul_{o.rows}x{shape}")
+        y = o.call(bb, kernel, o.flat)
+    return o.unflatten(bb, y)
