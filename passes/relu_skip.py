@@ -59,7 +59,12 @@ class ReluSkip(Pass):
             if why:
                 result.notes.append(f"{node.name}: after Relu {producer.name!r} but {why}")
                 continue
+            extra = _row_copy_bytes(node)
             detail = _rewrite(graph, node, producer)
+            if extra:
+                detail["row_copy_bytes"] = extra
+                result.notes.append(f"{node.name}: the kernel also holds W row-major ({extra / 2**20:.1f} MB more) for "
+                                    "calls with fewer than 4 rows, so their gathers read whole rows")
             result.rewrites[self.name] += 1
             result.details.setdefault("rewritten", []).append(detail)
         return result
@@ -92,6 +97,19 @@ def _declined(node: Node, ctx: PassContext) -> str | None:
     if zeros >= WEIGHT_SPARSE:
         return f"its weight is {zeros:.0%} zero: left to sparse-weights"
     return None
+
+
+def _row_copy_bytes(node: Node) -> int:
+    """Bytes of the row-major copy of W that the CPU kernel keeps when the row count can be small
+    (a symbolic count, or a static one below 4): 0 when it does not."""
+    from sparsec.backends.tvm.kernels.relu_skip import needs_rows_copy, padded_width
+
+    lead = node.input(0).shape[:-1]
+    rows = int(np.prod(lead)) if all(isinstance(d, int) for d in lead) else None
+    if not needs_rows_copy(rows):
+        return 0
+    f, n = node.input(1).const.shape
+    return f * padded_width(n) * 4
 
 
 def _fusable_bias(node: Node) -> tuple[Node, Value] | None:

@@ -58,32 +58,37 @@ def test_batched_rows_without_bias_and_inf_propagation(rng):
     assert not np.isfinite(y[1, 2]).all() and np.isfinite(y[0]).all()
 
 
-@pytest.mark.parametrize("rows", [1, 13])
+@pytest.mark.parametrize("rows", [1, 3, 13])
 @pytest.mark.parametrize("serial_work", [0, 1 << 40])  # the sparse product in parallel, or on one thread
-def test_kernel_never_skips_nan_or_inf_columns(rows, serial_work, rng):
+@pytest.mark.parametrize("rows_copy, n", [(False, HIDDEN), (True, HIDDEN), (True, 768)])
+def test_kernel_never_skips_nan_or_inf_columns(rows, serial_work, rows_copy, n, rng):
     # The kernel alone (TVM's Relu itself maps NaN to 0, so a model cannot feed it a NaN): only
-    # exactly-zero columns are skipped, on the sparse path (2 active of 300) and the dense one.
+    # exactly-zero columns are skipped, on the sparse path (2 and 40 active of 300) and the dense
+    # one; with the row-major copy, fewer than 4 rows read it on both paths (n = 100 is padded to
+    # 128 columns there, 768 is not).
     import tvm
 
-    from sparsec.backends.tvm.kernels.relu_skip import pack_panels, relu_skip_kernel, tile_shape
+    from sparsec.backends.tvm.kernels.relu_skip import (pack_panels, pack_rows, padded_width, relu_skip_kernel,
+                                                         tile_shape)
     from sparsec.backends.tvm.targets import get_target
 
-    f, n = FFN, HIDDEN
+    f = FFN
     mr, nr = tile_shape()
-    func = relu_skip_kernel(f, n, mr, nr, serial_work=serial_work).with_attr("global_symbol", "main")
-    kernel = tvm.compile(tvm.IRModule({"main": func}), target=get_target("llvm").make({}))["main"]
+    func = relu_skip_kernel(f, n, mr, nr, serial_work=serial_work, rows_copy=rows_copy)
+    kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=get_target("llvm").make({}))["main"]
     w = rng.standard_normal((f, n)).astype(np.float32)
-    packed = pack_panels(w, nr)
-    bias = tvm.runtime.tensor(np.zeros(packed.shape[0] * nr, np.float32))
-    packed = tvm.runtime.tensor(packed)
-    for active in (2, f):
+    panels = pack_panels(w, nr)
+    bias = rng.standard_normal(padded_width(n)).astype(np.float32)
+    weights = [tvm.runtime.tensor(panels)] + ([tvm.runtime.tensor(pack_rows(w))] if rows_copy else [])
+    for active in (2, 40, f):
         h = np.zeros((rows, f), np.float32)
-        h[:, :active] = np.abs(rng.standard_normal((rows, active)))
+        h[:, rng.permutation(f)[:active]] = np.abs(rng.standard_normal((rows, active)))
         h[rows - 1, 7], h[0, 250] = np.nan, np.inf
         out = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
-        kernel(tvm.runtime.tensor(h), packed, bias, out)
+        kernel(tvm.runtime.tensor(h), *weights, tvm.runtime.tensor(bias), out)
         with np.errstate(invalid="ignore"):
-            np.testing.assert_allclose(out.numpy(), h @ w, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(out.numpy(), h @ w + bias[:n], rtol=1e-4, atol=1e-4)
 
 
 def test_the_rewritten_graph_runs_on_ort(rng):
@@ -130,3 +135,19 @@ def test_weight_sparse_w2_is_left_to_sparse_weights():
     compiled = sparsec.compile(model, passes=["relu-skip"])
     assert compiled.report["rewrites"] == {}
     assert any("left to sparse-weights" in note for note in compiled.report["notes"]["relu-skip"])
+
+
+@pytest.mark.parametrize("tokens, copy", [(None, True), (2, True), (8, False)])
+def test_the_row_major_copy_is_reported_when_few_rows_can_occur(tokens, copy, rng):
+    # Fewer than 4 rows gather whole rows of a row-major copy of W2: held (and said) only when the
+    # row count can be that small; the outputs match ORT either way.
+    model = relu_ffn(HIDDEN, FFN, tokens=tokens, zero_fraction=0.9)
+    compiled = sparsec.compile(model, passes=["relu-skip"])
+    (detail,) = compiled.report["details"]["relu-skip"]["rewritten"]
+    notes = compiled.report["notes"].get("relu-skip", [])
+    if copy:
+        assert detail["row_copy_bytes"] == FFN * 128 * 4  # 100 columns padded to 128
+        assert any("row-major" in note for note in notes)
+    else:
+        assert "row_copy_bytes" not in detail and not notes
+    assert_matches_ort(compiled, model, x_of(rng, tokens or 3))

@@ -8,14 +8,25 @@ One PrimFunc per weight shape, in three steps:
    ``SCAN_ROWS`` rows at a time, stopping as soon as the count says the dense path will run;
 2. compact (only when the sparse path runs): ``active[0:count]`` lists those columns, in
    increasing order (branch-free);
-3. GEMM over the active rows of W2 only: for each panel of NR output columns (W2 is packed at
-   compile time as ``[N / NR, F, NR]`` panels, so the NR floats of one row are contiguous) and
-   each tile of MR rows of ``h``, ``acc[MR, NR] += h[t, j] * W2[j, panel]`` for j in ``active``,
-   vectorised along NR, then ``out = acc + bias``. Parallel over panels.
+3. the product over the active rows of W2 only, in one of two layouts:
+   - panels (4 rows or more): for each panel of NR output columns (W2 packed at compile time as
+     ``[N / NR, F, NR]``, so the NR floats of one row are contiguous) and each tile of MR rows of
+     ``h``, ``acc[MR, NR] += h[t, j] * W2[j, panel]`` for j in ``active``, vectorised along NR,
+     then ``out = acc + bias``. Parallel over panels.
+   - rows (the sparse path below 4 rows): a row-major copy of W2; the active list is split into
+     ``ROW_PARTS`` contiguous ranges, one task each, and every task walks its rows whole (3 KB
+     runs at N = 768, prefetched ``PREFETCH_ROWS`` ahead), summing into L1; the parts are added
+     at the end. The panel gather reads one 64-byte line per panel and row, touching every page
+     of W2 for a tenth of its bytes: at one token and 10% active (3072 x 768, 2 threads, cache
+     cold) the row gather took 0.16-0.20 ms against the panels' 0.31-0.32. Panels stay for the
+     dense path (streaming the row-major copy with sums in L1 measured 10% slower at one token)
+     and for 4 rows or more (a register tile over row-major W2 took 1.8-2.3x the panels' time at
+     32 and 128 rows). So W2 is held twice when the row count can be below 4
+     (``needs_rows_copy``); the pass says so in its note.
 
 Run-time branches, so each call follows its own activations: when most columns are active the
-gather costs more than it saves, and above ``DENSE_ABOVE`` of them the same micro-kernel runs over
-every row of W2 without the index list; a small sparse product (``SERIAL_WORK``) runs on the
+gather costs more than it saves, and above ``DENSE_ABOVE`` of them the panel micro-kernel runs
+over every row of W2 without the index list; a small sparse product (``SERIAL_WORK``) runs on the
 calling thread, since waking TVM's sleeping pool costs more than it saves. Buffers are declared
 once per parallel task, not per tile (a local buffer inside the loop body would be allocated on
 every iteration).
@@ -40,8 +51,17 @@ DENSE_ABOVE = (0.3, 0.5, 0.75)
 # Multiply-adds (active columns x rows x N) up to which the product runs on one thread (waking
 # the pool costs ~15-30 us with TVM_THREAD_POOL_SPIN_COUNT=0; measured crossover ~1M on 2 cores).
 SERIAL_WORK = 1 << 20
+# The same for the row gather: its second thread pays sooner (at one token, 307 active rows ran
+# 0.107-0.128 ms in parallel against 0.128-0.130 ms on one thread).
+ROW_SERIAL_WORK = 1 << 17
 # Rows of h scanned between checks of the active count (the scan stops once the dense path is sure).
 SCAN_ROWS = 8
+# Below this many rows the product reads the row-major copy of W2 (at most 3 rows: see row_part).
+ROW_GATHER_BELOW = 4
+# Contiguous ranges of W2's (active) rows, one task each, for fewer than ROW_GATHER_BELOW rows.
+ROW_PARTS = 4
+# How many active rows ahead the row gather prefetches (their addresses are data-dependent).
+PREFETCH_ROWS = 4
 
 
 def tile_shape(lanes: int | None = None) -> tuple[int, int]:
@@ -63,10 +83,34 @@ def pack_panels(weight: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(f, panels, nr).transpose(1, 0, 2))
 
 
+def needs_rows_copy(rows: int | None) -> bool:
+    """Whether a kernel for this row count (an int, or None when symbolic) takes the row-major
+    copy of W2."""
+    return rows is None or rows < ROW_GATHER_BELOW
+
+
+def padded_width(n: int) -> int:
+    """Columns of the row-major copy and of the bias: n rounded up to 32 (a multiple of NR)."""
+    return -(-n // 32) * 32
+
+
+def pack_rows(weight: np.ndarray) -> np.ndarray:
+    """``W[F, N]`` -> ``[F, padded_width(N)]``, zero-padded on the right."""
+    f, n = weight.shape
+    padded = np.zeros((f, padded_width(n)), dtype=weight.dtype)
+    padded[:, :n] = weight
+    return padded
+
+
 def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float, float, float] = DENSE_ABOVE,
-                     serial_work: int = SERIAL_WORK) -> tvm.tirx.PrimFunc:
-    """The PrimFunc ``(h[rows, f], w[panels, f, nr], bias[panels * nr]) -> out[rows, n]``."""
+                     serial_work: int = SERIAL_WORK, row_serial_work: int = ROW_SERIAL_WORK,
+                     rows_copy: bool = True) -> tvm.tirx.PrimFunc:
+    """The PrimFunc ``(h[rows, f], w[panels, f, nr], bias[width]) -> out[rows, n]``, with the
+    row-major copy ``wr[f, width]`` after ``w`` when ``rows_copy`` (``width = padded_width(n)``,
+    see ``pack_rows``): without it, every row count runs on the panels."""
     panels = -(-n // nr)
+    width = padded_width(n)
+    assert width % nr == 0
     # More active columns than this: the dense path (see DENSE_ABOVE)
     dense_few, dense_some, dense_many = (int(fraction * f) for fraction in dense_above)
     ragged = n % nr != 0  # the last panel has fewer than nr real columns
@@ -119,13 +163,55 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
             if rem & 1 != 0:
                 tile(h, w, bias, out, acc, active, count, p, base + (rem & 6), 1, dense)
 
-    # s_tir=True: buffers without a TileLayout. With tirx's default layout, Relax passes that
-    # rebuild the function (AttachAttrLayoutFreeBuffers, FuseTIR) give the layout a fresh copy of
-    # the symbolic row count, and MakePackedAPI then fails on an undefined variable (TVM 0.27).
-    @T.prim_func(private=True, s_tir=True)
-    def relu_skip_matmul(h: T.Buffer((rows, f), "float32"), w: T.Buffer((panels, f, nr), "float32"),
-                         bias: T.Buffer((panels * nr,), "float32"), out: T.Buffer((rows, n), "float32")):
-        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+    @T.macro
+    def row_part(h, wr, sums, part, active, lo, hi, m):
+        # Rows lo..hi of the (active) list, row-major, for m rows of h: each W2 row is read once,
+        # whole, and used for all m rows; the sums stay in L1 (sums[part]).
+        for r in T.unroll(m):
+            for v in T.vectorized(width):
+                sums[part, r, v] = T.float32(0)
+        for k in T.serial(hi - lo):
+            j = active[lo + k]
+            if PREFETCH_ROWS > 0:
+                for line in T.unroll(width // 16):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                        wr[active[T.min(lo + k + PREFETCH_ROWS, hi - 1)], line * 16]), 0, 3, 1))
+            for step in T.serial(width // 32):
+                for u in T.unroll(32 // lanes):
+                    for r in T.unroll(m):
+                        for v in T.vectorized(lanes):
+                            sums[part, r, step * 32 + u * lanes + v] = (
+                                sums[part, r, step * 32 + u * lanes + v]
+                                + h[r, j] * wr[j, step * 32 + u * lanes + v])
+
+    @T.macro
+    def row_product(h, wr, bias, out, sums, active, count, rows, parallel):
+        # Fewer than 4 rows: the (active) rows of W2 are split into ROW_PARTS contiguous ranges,
+        # one task each, so every task streams whole rows; the parts' sums are added at the end.
+        for part in T.parallel(ROW_PARTS) if parallel else T.serial(ROW_PARTS):
+            lo = count * part // ROW_PARTS
+            hi = count * (part + 1) // ROW_PARTS
+            if rows == 1:
+                row_part(h, wr, sums, part, active, lo, hi, 1)
+            elif rows == 2:
+                row_part(h, wr, sums, part, active, lo, hi, 2)
+            else:
+                row_part(h, wr, sums, part, active, lo, hi, 3)
+        for r in T.serial(rows):
+            for v in T.vectorized(width):
+                sums[0, r, v] = sums[0, r, v] + bias[v]
+            for part in T.serial(1, ROW_PARTS):
+                for v in T.vectorized(width):
+                    sums[0, r, v] = sums[0, r, v] + sums[part, r, v]
+            if width == n:
+                for v in T.vectorized(width):
+                    out[r, v] = sums[0, r, v]
+            else:
+                for v in T.serial(n):
+                    out[r, v] = sums[0, r, v]
+
+    @T.macro
+    def product(h, w, wr, bias, out):
         flags = T.decl_buffer((f,), "int32")
         active = T.decl_buffer((f,), "int32")
         count = T.decl_buffer((1,), "int32")
@@ -155,6 +241,8 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
             for v in T.serial(lanes):
                 count[0] = count[0] + partial[v]
         num = count[0]
+        # sums of the row-major product's parts (fewer than 4 rows)
+        sums = T.decl_buffer((ROW_PARTS, max(1, ROW_GATHER_BELOW - 1), width), "float32")
         # 2. the product over all rows of W2 when few are skipped, else over the active ones
         if num > limit:
             for p in T.parallel(panels):
@@ -167,7 +255,13 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
                 active[count[0]] = j
                 count[0] = count[0] + flags[j]
             # A small product runs on the calling thread: waking the pool costs more than it saves.
-            if T.Cast("int64", num) * rows * n <= serial_work:
+            serial = T.Cast("int64", num) * rows * n <= serial_work
+            if wr is not None and rows < ROW_GATHER_BELOW:
+                if T.Cast("int64", num) * rows * n <= row_serial_work:
+                    row_product(h, wr, bias, out, sums, active, num, rows, False)
+                else:
+                    row_product(h, wr, bias, out, sums, active, num, rows, True)
+            elif serial:
                 acc = T.decl_buffer((mr * nr,), "float32", scope="local")
                 for p in T.serial(panels):
                     panel_rows(h, w, bias, out, acc, active, num, p, rows, False)
@@ -175,6 +269,23 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
                 for p in T.parallel(panels):
                     acc = T.decl_buffer((mr * nr,), "float32", scope="local")
                     panel_rows(h, w, bias, out, acc, active, num, p, rows, False)
+
+    # s_tir=True: buffers without a TileLayout. With tirx's default layout, Relax passes that
+    # rebuild the function (AttachAttrLayoutFreeBuffers, FuseTIR) give the layout a fresh copy of
+    # the symbolic row count, and MakePackedAPI then fails on an undefined variable (TVM 0.27).
+    if rows_copy:
+        @T.prim_func(private=True, s_tir=True)
+        def relu_skip_matmul(h: T.Buffer((rows, f), "float32"), w: T.Buffer((panels, f, nr), "float32"),
+                             wr: T.Buffer((f, width), "float32"), bias: T.Buffer((width,), "float32"),
+                             out: T.Buffer((rows, n), "float32")):
+            T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+            product(h, w, wr, bias, out)
+    else:
+        @T.prim_func(private=True, s_tir=True)
+        def relu_skip_matmul(h: T.Buffer((rows, f), "float32"), w: T.Buffer((panels, f, nr), "float32"),
+                             bias: T.Buffer((width,), "float32"), out: T.Buffer((rows, n), "float32")):
+            T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+            product(h, w, None, bias, out)
 
     return relu_skip_matmul
 
@@ -186,17 +297,20 @@ def lower_relu_skip(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dic
     f, n = w.shape
     mr, nr = tile_shape()
     packed = pack_panels(w, nr)
-    bias = np.zeros(-(-n // nr) * nr, np.float32)
+    bias = np.zeros(padded_width(n), np.float32)
     if node.input(2) is not None:
         bias[:n] = node.input(2).const.reshape(-1)
-    kernel = bb.add_func(relu_skip_kernel(f, n, mr, nr), f"relu_skip_matmul_{f}x{n}")
     # The kernel takes h as rows x F: leading dims are flattened around it (they may be symbolic).
     h = inputs[0]
     lead = list(h.ty.shape.values[:-1])
     rows = lead[0]
     for d in lead[1:]:
         rows = rows * d
+    rows_copy = needs_rows_copy(int(rows) if isinstance(rows, tvm.tirx.IntImm) else None)
+    weights = [relax.const(packed)] + ([relax.const(pack_rows(w))] if rows_copy else [])
+    kernel = bb.add_func(relu_skip_kernel(f, n, mr, nr, rows_copy=rows_copy),
+                         f"relu_skip_matmul_{f}x{n}" + ("_rows" if rows_copy else ""))
     flat = h if len(lead) == 1 else bb.normalize(relax.op.reshape(h, [rows, f]))
-    out = bb.normalize(relax.call_tir(kernel, [flat, relax.const(packed), relax.const(bias)],
+    out = bb.normalize(relax.call_tir(kernel, [flat, *weights, relax.const(bias)],
                                       relax.TensorType([rows, n], "float32")))
     return out if len(lead) == 1 else bb.normalize(relax.op.reshape(out, [*lead, n]))
