@@ -518,3 +518,32 @@ def test_index_ops_check_their_indices_at_run_time(op, attrs, index_shape, updat
     assert_matches_ort(compiled, model, {"ids": ids.astype(np.int64)})
     with pytest.raises(sparsec.RunError, match=f"{op} 'op': an index is outside \\[-10, 10\\)"):
         compiled.run({"ids": np.full(index_shape, 1_000_000, np.int64)})
+
+
+@pytest.mark.parametrize("values, axis", [(np.array([0, 1], np.float32), -1), (np.array([-2, 5], np.int64), 0)])
+def test_one_hot_keeps_its_values_dtype_and_zeros_out_of_range_indices(values, axis):
+    """TVM's converter returned float64 for float32 values (refused as a backend bug); indices
+    outside [-depth, depth), huge ones too, give an all-off row as in ORT."""
+    model = make([helper.make_node("OneHot", ["ids", "depth", "values"], ["y"], name="hot", axis=axis)],
+                 [helper.make_tensor_value_info("ids", TensorProto.INT64, [6])],
+                 [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(values.dtype), None)],
+                 [numpy_helper.from_array(np.array(5, np.int64), "depth"), numpy_helper.from_array(values, "values")])
+    compiled = sparsec.compile(model)
+    (y,) = assert_matches_ort(compiled, model, {"ids": np.array([0, 4, -1, -5, 5, 1_000_000], np.int64)})
+    assert (y.take([4, 5], axis=1 if axis == 0 else 0) == values[0]).all()
+
+
+@pytest.mark.parametrize("op, inputs, why", [
+    ("TopK", ["x", "n"], "TopK k must be a constant"),
+    ("OneHot", ["n", "n", "vals"], "Only constant depth"),
+    ("Resize", ["x", "", "", "n"], "for size is currently unsupported")])
+def test_run_time_sizes_are_refused_at_compile_time(op, inputs, why):
+    """Sizes read from run-time data (TopK's k, OneHot's depth, Resize's sizes) would address
+    memory by data: refused with the node named, not built."""
+    model = make([helper.make_node(op, inputs, ["y"], name="sized")],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4]),
+                  helper.make_tensor_value_info("n", TensorProto.INT64, [4] if op == "Resize" else [1])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                 [numpy_helper.from_array(np.array([0, 1], np.float32), "vals")])
+    with pytest.raises(sparsec.CompileError, match=f"{op} \\(node 'sized'.*{why}"):
+        sparsec.compile(model)

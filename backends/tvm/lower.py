@@ -172,10 +172,31 @@ def _patch_conv_transpose(bb: relax.BlockBuilder, inputs: list, attrs: dict):
     return bb.normalize(out)
 
 
+def _typed_one_hot(bb: relax.BlockBuilder, inputs: list, attrs: dict):
+    """``OneHot`` whose output has its values' dtype. TVM's converter passes the off/on values
+    through Python floats, so a float32 model's OneHot came out float64 (refused at run time by
+    the output check). Integer indices only; others go to TVM's converter. Indices outside
+    [-depth, depth) give an all-off row, as ONNX specifies."""
+    indices, depth, values = inputs
+    if not (isinstance(depth, tvm.ir.GenericConst) and isinstance(values, tvm.ir.GenericConst)):
+        return None
+    pair = values.value.numpy().reshape(-1)
+    index_dtype = str(indices.ty.dtype.dtype) if isinstance(indices.ty, relax.TensorType) else ""
+    if pair.size != 2 or not index_dtype.startswith(("int", "uint")):
+        return None
+    size = int(depth.value.numpy().reshape(-1)[0])
+    off, on = (relax.prim_value(tvm.tirx.const(v.item(), str(pair.dtype))) for v in pair)
+    if index_dtype.startswith("int"):
+        negative = relax.op.less(indices, relax.const(0, index_dtype))
+        indices = relax.op.where(negative, relax.op.add(indices, relax.const(size, index_dtype)), indices)
+    return bb.normalize(relax.op.one_hot(bb.normalize(indices), on, off, size, attrs.get("axis", -1)))
+
+
 # TVM converters that sparsec replaces where it knows better; each returns None to decline.
 _CONVERTER_OVERRIDES = {
     "Range": lambda bb, inputs, attrs: _symbolic_range(bb, inputs),
     "ConvTranspose": _patch_conv_transpose,
+    "OneHot": _typed_one_hot,
 }
 
 
