@@ -168,8 +168,9 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
         # Rows lo..hi of the (active) list, row-major, for m rows of h: each W2 row is read once,
         # whole, and used for all m rows; the sums stay in L1 (sums[part]).
         for r in T.unroll(m):
-            for v in T.vectorized(width):
-                sums[part, r, v] = T.float32(0)
+            for vo in T.serial(width // lanes):
+                for v in T.vectorized(lanes):
+                    sums[part, r, vo * lanes + v] = T.float32(0)
         for k in T.serial(hi - lo):
             j = active[lo + k]
             if PREFETCH_ROWS > 0:
@@ -198,14 +199,17 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
             else:
                 row_part(h, wr, sums, part, active, lo, hi, 3)
         for r in T.serial(rows):
-            for v in T.vectorized(width):
-                sums[0, r, v] = sums[0, r, v] + bias[v]
+            for vo in T.serial(width // lanes):
+                for v in T.vectorized(lanes):
+                    sums[0, r, vo * lanes + v] = sums[0, r, vo * lanes + v] + bias[vo * lanes + v]
             for part in T.serial(1, ROW_PARTS):
-                for v in T.vectorized(width):
-                    sums[0, r, v] = sums[0, r, v] + sums[part, r, v]
+                for vo in T.serial(width // lanes):
+                    for v in T.vectorized(lanes):
+                        sums[0, r, vo * lanes + v] = sums[0, r, vo * lanes + v] + sums[part, r, vo * lanes + v]
             if width == n:
-                for v in T.vectorized(width):
-                    out[r, v] = sums[0, r, v]
+                for vo in T.serial(width // lanes):
+                    for v in T.vectorized(lanes):
+                        out[r, vo * lanes + v] = sums[0, r, vo * lanes + v]
             else:
                 for v in T.serial(n):
                     out[r, v] = sums[0, r, v]
@@ -220,14 +224,22 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
         # at a time, stopping once more columns are active than the dense path's threshold (the
         # dense path needs no flags; the sparse path runs only after a complete scan).
         limit = T.if_then_else(rows < 4, dense_few, T.if_then_else(rows < 64, dense_some, dense_many))
-        for j in T.vectorized(f):
+        # (Vectors of the ISA's width: one f-wide vector became thousands of spilled lanes.)
+        for jo in T.serial(f // lanes):
+            for v in T.vectorized(lanes):
+                flags[jo * lanes + v] = 0
+        for j in T.serial(f // lanes * lanes, f):
             flags[j] = 0
         done = T.decl_buffer((1,), "int64")
         done[0] = T.int64(0)
         count[0] = 0
         while done[0] < rows and count[0] <= limit:
             for t in T.serial(T.min(rows - done[0], T.int64(SCAN_ROWS))):
-                for j in T.vectorized(f):
+                for jo in T.serial(f // lanes):
+                    for v in T.vectorized(lanes):
+                        flags[jo * lanes + v] = flags[jo * lanes + v] | T.Select(
+                            h[done[0] + t, jo * lanes + v] == T.float32(0), 0, 1)
+                for j in T.serial(f // lanes * lanes, f):
                     flags[j] = flags[j] | T.Select(h[done[0] + t, j] == T.float32(0), 0, 1)
             done[0] = T.min(rows, done[0] + T.int64(SCAN_ROWS))
             for v in T.vectorized(lanes):
