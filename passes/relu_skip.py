@@ -102,14 +102,14 @@ def _declined(node: Node, ctx: PassContext) -> str | None:
 def _row_copy_bytes(node: Node) -> int:
     """Bytes of the row-major copy of W that the CPU kernel keeps when the row count can be small
     (a symbolic count, or a static one below 4): 0 when it does not."""
-    from sparsec.backends.tvm.kernels.relu_skip import needs_rows_copy, padded_width
+    from sparsec.backends.tvm.kernels.relu_skip import needs_rows_copy, padded_width, tile_shape
 
     lead = node.input(0).shape[:-1]
     rows = int(np.prod(lead)) if all(isinstance(d, int) for d in lead) else None
     if not needs_rows_copy(rows):
         return 0
     f, n = node.input(1).const.shape
-    return f * padded_width(n) * 4
+    return f * padded_width(n, tile_shape()[1]) * 4
 
 
 def _fusable_bias(node: Node) -> tuple[Node, Value] | None:

@@ -64,8 +64,8 @@ def test_batched_rows_without_bias_and_inf_propagation(rng):
 def test_kernel_never_skips_nan_or_inf_columns(rows, serial_work, rows_copy, n, rng):
     # The kernel alone (TVM's Relu itself maps NaN to 0, so a model cannot feed it a NaN): only
     # exactly-zero columns are skipped, on the sparse path (2 and 40 active of 300) and the dense
-    # one; with the row-major copy, fewer than 4 rows read it on both paths (n = 100 is padded to
-    # 128 columns there, 768 is not).
+    # one; with the row-major copy, fewer than 4 rows gather from it on the sparse path (n = 100
+    # is padded to whole panels there, 768 is not).
     import tvm
 
     from sparsec.backends.tvm.kernels.relu_skip import (pack_panels, pack_rows, padded_width, relu_skip_kernel,
@@ -79,8 +79,8 @@ def test_kernel_never_skips_nan_or_inf_columns(rows, serial_work, rows_copy, n, 
                          target=get_target("llvm").make({}))["main"]
     w = rng.standard_normal((f, n)).astype(np.float32)
     panels = pack_panels(w, nr)
-    bias = rng.standard_normal(padded_width(n)).astype(np.float32)
-    weights = [tvm.runtime.tensor(panels)] + ([tvm.runtime.tensor(pack_rows(w))] if rows_copy else [])
+    bias = rng.standard_normal(padded_width(n, nr)).astype(np.float32)
+    weights = [tvm.runtime.tensor(panels)] + ([tvm.runtime.tensor(pack_rows(w, nr))] if rows_copy else [])
     for active in (2, 40, f):
         h = np.zeros((rows, f), np.float32)
         h[:, rng.permutation(f)[:active]] = np.abs(rng.standard_normal((rows, active)))
@@ -146,8 +146,20 @@ def test_the_row_major_copy_is_reported_when_few_rows_can_occur(tokens, copy, rn
     (detail,) = compiled.report["details"]["relu-skip"]["rewritten"]
     notes = compiled.report["notes"].get("relu-skip", [])
     if copy:
-        assert detail["row_copy_bytes"] == FFN * 128 * 4  # 100 columns padded to 128
+        from sparsec.backends.tvm.kernels.relu_skip import padded_width, tile_shape
+
+        assert detail["row_copy_bytes"] == FFN * padded_width(HIDDEN, tile_shape()[1]) * 4
         assert any("row-major" in note for note in notes)
     else:
         assert "row_copy_bytes" not in detail and not notes
     assert_matches_ort(compiled, model, x_of(rng, tokens or 3))
+
+
+def test_the_c_target_builds_the_kernel_without_llvm_prefetches(rng):
+    # The row gather prefetches with an LLVM intrinsic, which TVM's C code generator cannot
+    # print: the c target registers the kernel without it (with it, the c build failed).
+    model = relu_ffn(HIDDEN, FFN, zero_fraction=0.9)
+    compiled = sparsec.compile(model, target="c")
+    assert compiled.report["rewrites"] == {"relu-skip": 1}
+    for tokens in (1, 6):
+        assert_matches_ort(compiled, model, x_of(rng, tokens))

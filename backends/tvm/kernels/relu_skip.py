@@ -34,13 +34,15 @@ every iteration).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
 from sparsec.ir.graph import Node
-from ..lower import CPU_TARGETS, register_lowering
+from ..lower import register_lowering
 from ..targets import host_vector_lanes
 
 # Active fraction above which the dense path runs, by row count: (fewer than 4 rows, fewer than
@@ -65,13 +67,17 @@ PREFETCH_ROWS = 4
 
 
 def tile_shape(lanes: int | None = None) -> tuple[int, int]:
-    """(MR rows, NR columns) of the register tile: MR x NR / lanes vector accumulators fill half
-    the vector registers (8 x 2 of AVX-512's 32, 4 x 2 of AVX2's 16). The same tile serves one
-    token: measured with W2 out of cache, a 1 x 128 tile (long runs of each row) gathered 10%
-    of W2 only ~10% faster and its dense path ran ~10% slower; a row-major W2 gathered 30%
-    faster but streamed it at half speed when dense."""
+    """(MR rows, NR columns) of the register tile and panel width. AVX-512: 8 x 2 vectors (half
+    of 32 registers). AVX2: 4 x 3 vectors, 12 accumulators with the 3 loads and a broadcast in
+    16 registers, as the dense GEMM's tile. Against 4 x 2 vectors (Zen 3, 3072 x 768, side by
+    side): 32 rows at 10% active 0.565 vs 0.612 ms, dense 2.885 vs 2.929; one row dense 0.467 vs
+    0.479. Panels of 4 vectors would read a single row faster still (1.00x the plain GEMV against
+    0.95x) but need a 4 x 4-vector tile for more rows, which spilled: 32 rows dense 0.67x. The
+    tile's columns are written as unrolled vectors (LLVM's <24 x float> code was 8x slower)."""
     lanes = lanes or host_vector_lanes()
-    return (8, 2 * lanes) if lanes >= 16 else (4, 2 * lanes)
+    if lanes >= 16:
+        return 8, 2 * lanes
+    return (4, 3 * lanes) if lanes == 8 else (4, 2 * lanes)
 
 
 def pack_panels(weight: np.ndarray, nr: int) -> np.ndarray:
@@ -89,53 +95,58 @@ def needs_rows_copy(rows: int | None) -> bool:
     return rows is None or rows < ROW_GATHER_BELOW
 
 
-def padded_width(n: int) -> int:
-    """Columns of the row-major copy and of the bias: n rounded up to 32 (a multiple of NR)."""
-    return -(-n // 32) * 32
+def padded_width(n: int, nr: int) -> int:
+    """Columns of the row-major copy and of the bias: n rounded up to whole panels."""
+    return -(-n // nr) * nr
 
 
-def pack_rows(weight: np.ndarray) -> np.ndarray:
-    """``W[F, N]`` -> ``[F, padded_width(N)]``, zero-padded on the right."""
+def pack_rows(weight: np.ndarray, nr: int) -> np.ndarray:
+    """``W[F, N]`` -> ``[F, padded_width(N, nr)]``, zero-padded on the right."""
     f, n = weight.shape
-    padded = np.zeros((f, padded_width(n)), dtype=weight.dtype)
+    padded = np.zeros((f, padded_width(n, nr)), dtype=weight.dtype)
     padded[:, :n] = weight
     return padded
 
 
 def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float, float, float] = DENSE_ABOVE,
                      serial_work: int = SERIAL_WORK, row_serial_work: int = ROW_SERIAL_WORK,
-                     rows_copy: bool = True) -> tvm.tirx.PrimFunc:
+                     rows_copy: bool = True, prefetch_rows: int = PREFETCH_ROWS) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(h[rows, f], w[panels, f, nr], bias[width]) -> out[rows, n]``, with the
     row-major copy ``wr[f, width]`` after ``w`` when ``rows_copy`` (``width = padded_width(n)``,
     see ``pack_rows``): without it, every row count runs on the panels."""
+    lanes = host_vector_lanes()
     panels = -(-n // nr)
-    width = padded_width(n)
-    assert width % nr == 0
+    width = padded_width(n, nr)
+    assert nr % lanes == 0, "a tile's columns are whole vectors"
     # More active columns than this: the dense path (see DENSE_ABOVE)
     dense_few, dense_some, dense_many = (int(fraction * f) for fraction in dense_above)
     ragged = n % nr != 0  # the last panel has fewer than nr real columns
     assert mr in (1, 4, 8), "leftover rows are tiled 4, 2, 1"
 
     rows = tvm.tirx.Var("rows", "int64")
-    lanes = host_vector_lanes()
 
     @T.macro
     def tile(h, w, bias, out, acc, active, count, p, t0, m, dense):
         # One m x nr tile of out at rows t0.., panel p. `dense` (a Python bool) picks the loop.
         for r in T.unroll(m):  # unrolled and vectorised like every access to acc: registers
-            for v in T.vectorized(nr):
-                acc[r * nr + v] = T.float32(0)
+            for u in T.unroll(nr // lanes):
+                for v in T.vectorized(lanes):
+                    acc[r * nr + u * lanes + v] = T.float32(0)
         if dense:
             for j in T.serial(f):
                 for r in T.unroll(m):
-                    for v in T.vectorized(nr):
-                        acc[r * nr + v] = acc[r * nr + v] + h[t0 + r, j] * w[p, j, v]
+                    for u in T.unroll(nr // lanes):
+                        for v in T.vectorized(lanes):
+                            acc[r * nr + u * lanes + v] = (acc[r * nr + u * lanes + v]
+                                                           + h[t0 + r, j] * w[p, j, u * lanes + v])
         else:
             for k in T.serial(count):
                 j = active[k]
                 for r in T.unroll(m):
-                    for v in T.vectorized(nr):
-                        acc[r * nr + v] = acc[r * nr + v] + h[t0 + r, j] * w[p, j, v]
+                    for u in T.unroll(nr // lanes):
+                        for v in T.vectorized(lanes):
+                            acc[r * nr + u * lanes + v] = (acc[r * nr + u * lanes + v]
+                                                           + h[t0 + r, j] * w[p, j, u * lanes + v])
         if ragged:
             for r in T.unroll(m):
                 for v in T.serial(nr):
@@ -143,8 +154,9 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
                         out[t0 + r, p * nr + v] = acc[r * nr + v] + bias[p * nr + v]
         else:
             for r in T.unroll(m):
-                for v in T.vectorized(nr):
-                    out[t0 + r, p * nr + v] = acc[r * nr + v] + bias[p * nr + v]
+                for u in T.unroll(nr // lanes):
+                    for v in T.vectorized(lanes):
+                        out[t0 + r, p * nr + u * lanes + v] = acc[r * nr + u * lanes + v] + bias[p * nr + u * lanes + v]
 
     @T.macro
     def panel_rows(h, w, bias, out, acc, active, count, p, rows, dense):
@@ -173,17 +185,17 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
                     sums[part, r, vo * lanes + v] = T.float32(0)
         for k in T.serial(hi - lo):
             j = active[lo + k]
-            if PREFETCH_ROWS > 0:
+            if prefetch_rows > 0:
                 for line in T.unroll(width // 16):
                     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                        wr[active[T.min(lo + k + PREFETCH_ROWS, hi - 1)], line * 16]), 0, 3, 1))
-            for step in T.serial(width // 32):
-                for u in T.unroll(32 // lanes):
+                        wr[active[T.min(lo + k + prefetch_rows, hi - 1)], line * 16]), 0, 3, 1))
+            for step in T.serial(width // nr):
+                for u in T.unroll(nr // lanes):
                     for r in T.unroll(m):
                         for v in T.vectorized(lanes):
-                            sums[part, r, step * 32 + u * lanes + v] = (
-                                sums[part, r, step * 32 + u * lanes + v]
-                                + h[r, j] * wr[j, step * 32 + u * lanes + v])
+                            sums[part, r, step * nr + u * lanes + v] = (
+                                sums[part, r, step * nr + u * lanes + v]
+                                + h[r, j] * wr[j, step * nr + u * lanes + v])
 
     @T.macro
     def row_product(h, wr, bias, out, sums, active, count, rows, parallel):
@@ -302,14 +314,15 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
     return relu_skip_matmul
 
 
-@register_lowering("sparsec", "ReluSkipMatMul", targets=CPU_TARGETS)
-def lower_relu_skip(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict) -> relax.Expr:
+@register_lowering("sparsec", "ReluSkipMatMul", targets=("llvm",))
+def lower_relu_skip(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict,
+                    prefetch_rows: int = PREFETCH_ROWS) -> relax.Expr:
     # W2 and the bias are IR constants (the pass checks): packed here, once, at compile time.
     w = node.input(1).const.astype(np.float32)
     f, n = w.shape
     mr, nr = tile_shape()
     packed = pack_panels(w, nr)
-    bias = np.zeros(padded_width(n), np.float32)
+    bias = np.zeros(padded_width(n, nr), np.float32)
     if node.input(2) is not None:
         bias[:n] = node.input(2).const.reshape(-1)
     # The kernel takes h as rows x F: leading dims are flattened around it (they may be symbolic).
@@ -319,10 +332,14 @@ def lower_relu_skip(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dic
     for d in lead[1:]:
         rows = rows * d
     rows_copy = needs_rows_copy(int(rows) if isinstance(rows, tvm.tirx.IntImm) else None)
-    weights = [relax.const(packed)] + ([relax.const(pack_rows(w))] if rows_copy else [])
-    kernel = bb.add_func(relu_skip_kernel(f, n, mr, nr, rows_copy=rows_copy),
+    weights = [relax.const(packed)] + ([relax.const(pack_rows(w, nr))] if rows_copy else [])
+    kernel = bb.add_func(relu_skip_kernel(f, n, mr, nr, rows_copy=rows_copy, prefetch_rows=prefetch_rows),
                          f"relu_skip_matmul_{f}x{n}" + ("_rows" if rows_copy else ""))
     flat = h if len(lead) == 1 else bb.normalize(relax.op.reshape(h, [rows, f]))
     out = bb.normalize(relax.call_tir(kernel, [flat, *weights, relax.const(bias)],
                                       relax.TensorType([rows, n], "float32")))
     return out if len(lead) == 1 else bb.normalize(relax.op.reshape(out, [*lead, n]))
+
+
+# TVM's C code generator has no LLVM intrinsics: the c target's kernel goes without prefetches.
+register_lowering("sparsec", "ReluSkipMatMul", targets=("c",))(functools.partial(lower_relu_skip, prefetch_rows=0))
