@@ -27,15 +27,22 @@ from ..lower import CPU_TARGETS, register_lowering
 from .sparse import _gpu_loop
 from ..targets import host_vector_lanes, host_vector_registers
 
-MR = 4  # token rows per register tile
+def _tile_rows() -> int:
+    """Token rows per register tile: 4 with 32 vector registers (AVX-512), 2 with 16 (AVX2).
+    Experts see few rows each (T x k over E), so a tile's rows are mostly clamped copies of its
+    last one and wider column tiles pay more: on Zen 3, E=64 top-2, the expert kernel alone
+    (random routing, 20-30 calls each): 2 x 32 against 4 x 16 took 1.75-2.14 ms vs 2.18-2.40 at
+    T=1, 25.0-25.7 vs 30.4-30.5 at T=16, 83.8 vs 111.7 at T=128 (1 x 64 was faster still at
+    T <= 16, 1.80 and 23.1, but slower at T=128, 91.2; 3 x 32 between)."""
+    return 4 if host_vector_registers() >= 32 else 2
 
 
 def _widest_tile() -> int:
-    """Columns per register tile: MR rows x a power of two of vectors within 3/4 of the vector
-    registers: 64 columns with AVX-512 (16 of 32 registers), 16 with AVX2 (8 of 16; 64 columns
-    needed 32 and spilled: E=64 top-2 over 16 tokens took 15.7 ms, 12.6 ms with 16 columns,
-    measured on Zen 3 with benchmarks/moe.py)."""
-    vectors = max(1, host_vector_registers() * 3 // 4 // MR)
+    """Columns per register tile: rows x a power of two of vectors within 3/4 of the vector
+    registers: 64 columns with AVX-512 (4 x 4 vectors: 16 of 32 registers), 32 with AVX2 (2 x 4
+    vectors: 8 of 16; 4 x 8 vectors, 32 registers, spilled: E=64 top-2 over 16 tokens took
+    15.7 ms, 12.6 ms with 4 x 2)."""
+    vectors = max(1, host_vector_registers() * 3 // 4 // _tile_rows())
     return (1 << (vectors.bit_length() - 1)) * host_vector_lanes()
 
 
@@ -65,6 +72,7 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
     buffers free of the layouts TVM 0.27 would rebuild with a fresh copy of the variable).
     ``ffn`` is F, the width of the hidden layer (W1 holds 2F columns when ``gated``)."""
     act = _activation(activation)
+    MR = _tile_rows()  # noqa: N806 (a constant of the kernel, as in its TIR)
     pairs = tokens * k
     ft, ht = _ffn_tile(ffn, gated), _tile(hidden)
     wt = 2 * ft if gated else ft  # W1 columns per packed panel
