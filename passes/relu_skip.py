@@ -7,7 +7,8 @@ finds the active columns of each call's activations and multiplies by those rows
 (running the dense product at run time when too few are zero). Exact: skipped terms are exact
 zeros, so only the order of the sums changes.
 
-A MatMul is rewritten when (1) its left input is a Relu output (directly; the Relu stays and may
+A MatMul, or a Gemm that is one (no transA, alpha and beta 1, C a constant row: HF OPT's fc2), is
+rewritten when (1) its left input is a Relu output (directly; the Relu stays and may
 have other consumers), float32, with a static last dim, (2) its right input is a constant 2-D
 float32 weight with finite values (0 * inf would be NaN, not 0), (3) that weight is not itself
 sparse (those are ``sparse-weights``' to take), (4) the product is large enough to pay for the
@@ -44,7 +45,7 @@ class ReluSkip(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
         for node in list(graph.nodes):  # top level only: If/Loop bodies are left as they are
-            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.graph is None:
+            if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx") or node.graph is None:
                 continue
             producer = node.input(0).producer if node.input(0) is not None else None
             if producer is None or producer.domain not in ("", "ai.onnx"):
@@ -74,14 +75,43 @@ def _is_weight(value: Value | None) -> bool:
     return value is not None and value.const is not None and value.const.ndim == 2
 
 
+def _weight(node: Node) -> np.ndarray | None:
+    """W as ``[F, N]``: MatMul's right input, or Gemm's B (transposed when ``transB``)."""
+    value = node.input(1)
+    if value is None or value.const is None:
+        return None
+    if node.op_type == "Gemm" and node.attr("transB", 0) and value.const.ndim == 2:
+        return value.const.T
+    return value.const
+
+
+def _gemm_declined(node: Node) -> str | None:
+    """Why a ``Gemm(h, B[, C])`` is not ``h @ W (+ bias)``, or None. (HF OPT's fc2 is a Gemm.)"""
+    if node.attr("transA", 0):
+        return "it is a Gemm with transA (the kernel reads the activations row by row)"
+    c = node.input(2)
+    if node.attr("alpha", 1.0) != 1.0 or (c is not None and node.attr("beta", 1.0) != 1.0):
+        return "it is a Gemm with alpha or beta other than 1"
+    w = _weight(node)
+    if c is not None and (c.const is None or c.const.dtype != np.float32 or w is None or w.ndim != 2
+                          or c.const.size not in (1, w.shape[1]) or c.const.ndim > 2
+                          or (c.const.ndim == 2 and c.const.shape[0] != 1)):
+        return "its C is not a constant row of N values (the kernel adds one bias per column)"
+    return None
+
+
 def _declined(node: Node, ctx: PassContext) -> str | None:
-    """Why ``MatMul(Relu(..), W)`` cannot be rewritten, or None when it can."""
+    """Why ``MatMul(Relu(..), W)`` (or the Gemm form) cannot be rewritten, or None when it can."""
     h, weight = node.input(0), node.input(1)
     if not ctx.has_kernel("ReluSkipMatMul"):
         return f"the relu-skip kernel exists for CPU targets only, not {ctx.target}"
     if weight is None or weight.const is None:
         return "its weight is not a constant (the kernel reads W's rows by index, packed at compile time)"
-    w = weight.const
+    if node.op_type == "Gemm":
+        why = _gemm_declined(node)
+        if why:
+            return why
+    w = _weight(node)
     if w.ndim != 2:
         return f"its weight is {w.ndim}-D, not a 2-D matrix"
     if w.dtype != np.float32 or h.dtype != "float32":
@@ -108,11 +138,11 @@ def _row_copy_bytes(node: Node) -> int:
     rows = int(np.prod(lead)) if all(isinstance(d, int) for d in lead) else None
     if not needs_rows_copy(rows):
         return 0
-    f, n = node.input(1).const.shape
+    f, n = _weight(node).shape
     return f * padded_width(n, tile_shape()[1]) * 4
 
 
-def _fusable_bias(node: Node) -> tuple[Node, Value] | None:
+def _fusable_bias(node: Node, n: int) -> tuple[Node, Value] | None:
     """The ``Add(y, b)`` right after the MatMul when b is a constant of N values that does not
     change y's shape (``[N]``, ``[1, N]``, ...), so it folds into the kernel's write-back."""
     out = node.outputs[0]
@@ -123,7 +153,6 @@ def _fusable_bias(node: Node) -> tuple[Node, Value] | None:
     if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
         return None
     other = add.input(1) if add.input(0) is out else add.input(0)
-    n = node.input(1).const.shape[1]
     if other is None or other.const is None or other.const.dtype != np.float32 or other.const.size != n:
         return None
     if other.const.ndim == 0:
@@ -135,9 +164,19 @@ def _fusable_bias(node: Node) -> tuple[Node, Value] | None:
 
 def _rewrite(graph: Graph, node: Node, relu: Node) -> dict:
     h, weight = node.input(0), node.input(1)
-    bias = _fusable_bias(node)
+    weight_name = weight.name
+    w = _weight(node)
+    if w is not weight.const:  # Gemm's transB: the kernel takes W as [F, N]
+        weight = graph.add_constant(np.ascontiguousarray(w), weight.name + "_fxn")
+    n = w.shape[1]
     inputs = [h, weight]
     replaced = node.outputs[0]
+    bias = None
+    c = node.input(2) if node.op_type == "Gemm" else None
+    if c is not None:  # Gemm's C: one value per column (or one for all)
+        inputs.append(graph.add_constant(np.broadcast_to(c.const.reshape(-1), (n,)).copy(), c.name + "_bias"))
+    else:
+        bias = _fusable_bias(node, n)
     if bias is not None:
         add, value = bias
         flat = value.const.reshape(-1)
@@ -146,11 +185,11 @@ def _rewrite(graph: Graph, node: Node, relu: Node) -> dict:
     fused = graph.add_node("ReluSkipMatMul", inputs, domain=DOMAIN, name=node.name + "_relu_skip", before=node,
                            output_types=[replaced.type])
     if fused.outputs[0].type is None:
-        fused.outputs[0].type = TensorType("float32", tuple(h.shape[:-1]) + (weight.const.shape[1],))
+        fused.outputs[0].type = TensorType("float32", tuple(h.shape[:-1]) + (n,))
     replaced.replace_all_uses_with(fused.outputs[0])
     if bias is not None:
         graph.remove_node(bias[0])
     graph.remove_node(node)
     graph.remove_unused_constants()
-    return {"node": node.name, "relu": relu.name, "weight": weight.name, "shape": list(weight.const.shape),
-            "bias": bias is not None}
+    return {"node": node.name, "relu": relu.name, "weight": weight_name, "shape": list(w.shape),
+            "bias": bias is not None or c is not None}

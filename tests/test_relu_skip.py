@@ -163,3 +163,44 @@ def test_the_c_target_builds_the_kernel_without_llvm_prefetches(rng):
     assert compiled.report["rewrites"] == {"relu-skip": 1}
     for tokens in (1, 6):
         assert_matches_ort(compiled, model, x_of(rng, tokens))
+
+
+def _gemm_ffn(trans_b: int, c_shape, alpha: float = 1.0):
+    """``Gemm(Relu(x @ W1 - 1.3), W2 [, C])`` as HF OPT exports fc2 (transB=1, C of N values); the
+    shift leaves ~10% of the activations non-zero, so one token takes the sparse path."""
+    rng = np.random.default_rng(2)
+    w2 = (rng.standard_normal((FFN, HIDDEN)) / 17).astype(np.float32)
+    inits = [numpy_helper.from_array((rng.standard_normal((HIDDEN, FFN)) / 10).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.ascontiguousarray(w2.T) if trans_b else w2, "w2"),
+             numpy_helper.from_array(np.array(-1.3, np.float32), "shift")]
+    inputs = ["h", "w2"]
+    if c_shape is not None:
+        inits.append(numpy_helper.from_array(rng.standard_normal(c_shape).astype(np.float32), "c"))
+        inputs.append("c")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["a0"]), helper.make_node("Add", ["a0", "shift"], ["a"]),
+         helper.make_node("Relu", ["a"], ["h"]),
+         helper.make_node("Gemm", inputs, ["y"], name="fc2", transB=trans_b, alpha=alpha)], "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["tokens", HIDDEN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["tokens", HIDDEN])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("trans_b, c_shape", [(1, [HIDDEN]), (0, [1, HIDDEN]), (1, [1]), (0, None)])
+def test_a_gemm_after_relu_is_rewritten_exactly(trans_b, c_shape, rng):
+    # HF OPT's fc2 is Gemm(Relu(..), W^T, b) with transB=1: the same rewrite, W transposed once.
+    model = _gemm_ffn(trans_b, c_shape)
+    compiled = sparsec.compile(model, passes=["relu-skip"])
+    assert compiled.report["rewrites"] == {"relu-skip": 1}
+    (detail,) = compiled.report["details"]["relu-skip"]["rewritten"]
+    assert detail["shape"] == [FFN, HIDDEN] and detail["bias"] == (c_shape is not None)
+    for tokens in (1, 5):
+        assert_matches_ort(compiled, model, x_of(rng, tokens))
+
+
+def test_a_scaled_gemm_is_not_rewritten_and_says_why(rng):
+    model = _gemm_ffn(1, [HIDDEN], alpha=0.5)
+    compiled = sparsec.compile(model, passes=["relu-skip"])
+    assert compiled.report["rewrites"] == {}
+    assert any("alpha or beta" in note for note in compiled.report["notes"]["relu-skip"])
+    assert_matches_ort(compiled, model, x_of(rng, 3))
