@@ -46,10 +46,11 @@ from ..lower import register_lowering
 from ..targets import host_vector_lanes
 
 # Active fraction above which the dense path runs, by row count: (fewer than 4 rows, fewer than
-# 64, more). Measured on 3072 x 768 with 2 threads in the whole FFN, weights out of cache: there
-# the gather reads W2 at well under streaming bandwidth (1 row: 50% active took 1.8x the dense
-# time, 30% broke even, 10% took 0.47x; 32 rows broke even at 50%, 128 rows paid from 74%).
-DENSE_ABOVE = (0.3, 0.5, 0.75)
+# 64, more). Below 4 rows the row gather pays up to ~60% active (3072 x 768, 2 threads, one token,
+# cache-cold, side by side against the dense path: 60% active 1.28x faster, 70% 0.93x, 90% 0.79x;
+# the panel gather before it broke even at 30%). With more rows, measured with the panel gather
+# in the whole FFN: 32 rows broke even at 50%, 128 rows paid from 74%.
+DENSE_ABOVE = (0.6, 0.5, 0.75)
 # Multiply-adds (active columns x rows x N) up to which the product runs on one thread (waking
 # the pool costs ~15-30 us with TVM_THREAD_POOL_SPIN_COUNT=0; measured crossover ~1M on 2 cores).
 SERIAL_WORK = 1 << 20
