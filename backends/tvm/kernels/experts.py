@@ -27,6 +27,7 @@ from ..lower import CPU_TARGETS, register_lowering
 from .sparse import _gpu_loop
 from ..targets import host_vector_lanes, host_vector_registers
 
+
 def _tile_rows() -> int:
     """Token rows per register tile: 4 with 32 vector registers (AVX-512), 2 with 16 (AVX2).
     Experts see few rows each (T x k over E), so a tile's rows are mostly clamped copies of its

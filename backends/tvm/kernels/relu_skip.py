@@ -19,7 +19,7 @@ One PrimFunc per weight shape, in three steps:
      at the end. The panel gather reads one 64-byte line per panel and row, touching every page
      of W2 for a tenth of its bytes: at one token and 10% active (3072 x 768, 2 threads, cache
      cold) the row gather took 0.16-0.20 ms against the panels' 0.31-0.32. Panels stay for the
-     dense path (streaming the row-major copy with sums in L1 measured 10% slower at one token)
+     dense path (streaming the row-major copy with sums in L1 measured 8-15% slower at one token)
      and for 4 rows or more (a register tile over row-major W2 took 1.8-2.3x the panels' time at
      32 and 128 rows). So W2 is held twice when the row count can be below 4
      (``needs_rows_copy``); the pass says so in its note.
@@ -113,7 +113,7 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
                      serial_work: int = SERIAL_WORK, row_serial_work: int = ROW_SERIAL_WORK,
                      rows_copy: bool = True, prefetch_rows: int = PREFETCH_ROWS) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(h[rows, f], w[panels, f, nr], bias[width]) -> out[rows, n]``, with the
-    row-major copy ``wr[f, width]`` after ``w`` when ``rows_copy`` (``width = padded_width(n)``,
+    row-major copy ``wr[f, width]`` after ``w`` when ``rows_copy`` (``width = padded_width(n, nr)``,
     see ``pack_rows``): without it, every row count runs on the panels."""
     lanes = host_vector_lanes()
     panels = -(-n // nr)
@@ -186,7 +186,7 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
                     sums[part, r, vo * lanes + v] = T.float32(0)
         for k in T.serial(hi - lo):
             j = active[lo + k]
-            if prefetch_rows > 0:
+            if prefetch_rows > 0:  # each 64-byte line (16 floats) of a row a few active rows ahead
                 for line in T.unroll(width // 16):
                     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
                         wr[active[T.min(lo + k + prefetch_rows, hi - 1)], line * 16]), 0, 3, 1))
