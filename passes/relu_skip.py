@@ -15,6 +15,11 @@ sparse (those are ``sparse-weights``' to take), (4) the product is large enough 
 scan, and (5) the target is the CPU (the kernel is a CPU kernel). A bias Add right after it (a
 constant of N values) is fused. MatMuls fed by another activation are noted, not rewritten:
 only Relu's zeros are exact and frequent.
+
+Options (``pass_options={"relu-skip": {...}}``, or ``-O relu-skip.KEY=VALUE``): ``row_copy`` =
+``"auto"`` (default: the CPU kernel keeps a row-major copy of W for calls with fewer than 4 rows,
+noted in the report with its bytes) or ``"off"`` (no copy: W is held once and small row counts
+gather from the panels, about half as fast at one token).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class ReluSkip(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
+        row_copy = str(ctx.options_of(self.name).get("row_copy", "auto")).lower() not in ("off", "false", "0")
         for node in list(graph.nodes):  # top level only: If/Loop bodies are left as they are
             if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx") or node.graph is None:
                 continue
@@ -60,8 +66,8 @@ class ReluSkip(Pass):
             if why:
                 result.notes.append(f"{node.name}: after Relu {producer.name!r} but {why}")
                 continue
-            extra = _row_copy_bytes(node)
-            detail = _rewrite(graph, node, producer)
+            extra = _row_copy_bytes(node) if row_copy else 0
+            detail = _rewrite(graph, node, producer, row_copy)
             if extra:
                 detail["row_copy_bytes"] = extra
                 result.notes.append(f"{node.name}: the kernel also holds W row-major ({extra / 2**20:.1f} MB more) for "
@@ -162,7 +168,7 @@ def _fusable_bias(node: Node, n: int) -> tuple[Node, Value] | None:
     return add, other
 
 
-def _rewrite(graph: Graph, node: Node, relu: Node) -> dict:
+def _rewrite(graph: Graph, node: Node, relu: Node, row_copy: bool) -> dict:
     h, weight = node.input(0), node.input(1)
     weight_name = weight.name
     w = _weight(node)
@@ -182,8 +188,8 @@ def _rewrite(graph: Graph, node: Node, relu: Node) -> dict:
         flat = value.const.reshape(-1)
         inputs.append(value if value.const.ndim == 1 else graph.add_constant(flat, value.name + "_flat"))
         replaced = add.outputs[0]
-    fused = graph.add_node("ReluSkipMatMul", inputs, domain=DOMAIN, name=node.name + "_relu_skip", before=node,
-                           output_types=[replaced.type])
+    fused = graph.add_node("ReluSkipMatMul", inputs, None if row_copy else {"row_copy": 0}, domain=DOMAIN,
+                           name=node.name + "_relu_skip", before=node, output_types=[replaced.type])
     if fused.outputs[0].type is None:
         fused.outputs[0].type = TensorType("float32", tuple(h.shape[:-1]) + (n,))
     replaced.replace_all_uses_with(fused.outputs[0])

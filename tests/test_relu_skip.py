@@ -204,3 +204,21 @@ def test_a_scaled_gemm_is_not_rewritten_and_says_why(rng):
     assert compiled.report["rewrites"] == {}
     assert any("alpha or beta" in note for note in compiled.report["notes"]["relu-skip"])
     assert_matches_ort(compiled, model, x_of(rng, 3))
+
+
+def test_row_copy_off_holds_the_weight_once(rng):
+    # -O relu-skip.row_copy=off: no row-major copy (no note, no bytes), small row counts gather
+    # from the panels; the outputs are the same.
+    model = relu_ffn(HIDDEN, FFN, zero_fraction=0.9)
+    compiled = sparsec.compile(model, passes=["relu-skip"], pass_options={"relu-skip": {"row_copy": "off"}})
+    assert compiled.report["rewrites"] == {"relu-skip": 1}
+    (detail,) = compiled.report["details"]["relu-skip"]["rewritten"]
+    assert "row_copy_bytes" not in detail and not compiled.report["notes"].get("relu-skip")
+    with_copy = sparsec.compile(model, passes=["relu-skip"])
+    # The kernel the VM calls: with the copy it takes W's two layouts (and is named _rows)
+    calls = {name: [line for line in c._runner.executable.as_text().splitlines() if "call" in line and "relu_skip" in line]
+             for name, c in (("off", compiled), ("auto", with_copy))}
+    assert len(calls["off"]) == len(calls["auto"]) == 1
+    assert "_rows" in calls["auto"][0] and "_rows" not in calls["off"][0]
+    for tokens in (1, 3, 9):
+        assert_matches_ort(compiled, model, x_of(rng, tokens))

@@ -4,7 +4,8 @@ Inputs: h ``[..., F]`` (float32, non-negative, typically mostly zero), W ``[F, N
 optional bias ``[N]`` (a constant). Output ``[..., N]``. The result is exactly ``MatMul(h, W)``
 (``+ bias``); a backend may skip the rows of W whose column of h is zero in every row, since they
 contribute exact zeros (W is finite: the pass checks). The decomposition is that plain MatMul
-(+ Add), so ONNX Runtime computes the same thing from standard ops.
+(+ Add), so ONNX Runtime computes the same thing from standard ops. Attribute ``row_copy`` (default
+1): 0 tells the CPU kernel not to keep a row-major copy of W for small row counts.
 """
 
 from __future__ import annotations

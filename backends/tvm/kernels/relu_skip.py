@@ -332,7 +332,9 @@ def lower_relu_skip(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dic
     rows = lead[0]
     for d in lead[1:]:
         rows = rows * d
-    rows_copy = needs_rows_copy(int(rows) if isinstance(rows, tvm.tirx.IntImm) else None)
+    # (the pass's row_copy="off" sets the node's row_copy to 0: W is then held once)
+    rows_copy = (node.attr("row_copy", 1) != 0
+                 and needs_rows_copy(int(rows) if isinstance(rows, tvm.tirx.IntImm) else None))
     weights = [relax.const(packed)] + ([relax.const(pack_rows(w, nr))] if rows_copy else [])
     kernel = bb.add_func(relu_skip_kernel(f, n, mr, nr, rows_copy=rows_copy, prefetch_rows=prefetch_rows),
                          f"relu_skip_matmul_{f}x{n}" + ("_rows" if rows_copy else ""))
