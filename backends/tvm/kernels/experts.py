@@ -6,7 +6,7 @@ PrimFunc then does the rest with no Python in between:
 1. counting sort of the (token, slot) pairs by expert: per-expert offsets, token and weight per
    position (serial: T x k small integers);
 2. ``h[pos] = act(x[token] @ W1[e] + b1[e])`` for each active expert's positions, in MR-row
-   register tiles, parallel over column tiles of F (positions are unique: no write conflicts);
+   register tiles (one-row tiles for an expert with a single row), parallel over column tiles of F (positions are unique: no write conflicts);
    gated experts pack each gate column tile next to its "up" tile, so one register tile of twice
    the width computes both and the epilogue multiplies ``act(gate) * up``;
 3. ``y[token] += weight * (h[pos] @ W2[e] + b2[e])``, parallel over column tiles of H, so the k
@@ -101,6 +101,9 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
 
     @T.macro
     def layer2(h, w2, b2, y, offsets, token_at, weight_at, acc2, e, ho, g, m):
+        # the same tile over h's rows (by position) x columns ho of H, added to y by token with
+        # the routing weight. (One macro for both layers would need callbacks for what each
+        # reads and writes: two plain ones read better.)
         for i in T.unroll(m):
             for v in T.vectorized(ht):
                 acc2[i, v] = b2[e, ho * ht + v]

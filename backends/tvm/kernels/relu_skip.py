@@ -55,7 +55,8 @@ DENSE_ABOVE = (0.6, 0.5, 0.75)
 # the pool costs ~15-30 us with TVM_THREAD_POOL_SPIN_COUNT=0; measured crossover ~1M on 2 cores).
 SERIAL_WORK = 1 << 20
 # The same for the row gather: its second thread pays sooner (at one token, 307 active rows ran
-# 0.107-0.128 ms in parallel against 0.128-0.130 ms on one thread).
+# 0.107-0.128 ms in parallel against 0.128-0.130 ms on one thread; measured with a first version
+# that split the columns, not the rows, between tasks).
 ROW_SERIAL_WORK = 1 << 17
 # Rows of h scanned between checks of the active count (the scan stops once the dense path is sure).
 SCAN_ROWS = 8
