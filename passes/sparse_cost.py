@@ -1,8 +1,8 @@
 """The cost model of ``sparse-weights``: measured on this host, cached, never guessed.
 
-For a layer shape (rows M, inputs K, outputs N), block shape, density and thread count, it times
-the dense TVM MatMul and the sparse kernel on a weight with that many blocks kept at random
-positions, side by side (fastest run of three interleaved rounds). Densities are calibrated at a
+For a layer shape (rows M, inputs K, outputs N), sparse format (BSR block shape, CSR, N:M),
+density and thread count, it times the dense TVM MatMul and the sparse kernel on a weight of that
+format with that many blocks kept at random positions, side by side (fastest run of three interleaved rounds). Densities are calibrated at a
 few buckets (the smallest at or above the layer's); the sparse time is scaled from the bucket to
 the layer's density, and the rewrite is taken only when ``dense / sparse`` is above
 ``1 + margin``. (Timing the kernel with every block present and scaling that down was wrong for
@@ -25,6 +25,8 @@ from sparsec.benchmark.measure import interleaved_times
 from sparsec.ir.graph import Graph
 from sparsec.ir.types import TensorType
 
+from .sparse_formats import SparseFormat
+
 ROW_BUCKETS = (1, 8, 32, 128, 512)
 DENSITY_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0)
 
@@ -45,11 +47,12 @@ def kernels_fingerprint() -> str:
     version: a measurement of older kernels is not reused (a faster dense GEMM moves the break-even)."""
     import hashlib
 
-    from sparsec.backends.tvm.kernels import sparse
+    from sparsec.backends.tvm.kernels import nm_sparse, sparse
     from sparsec.backends.tvm.tuning import schedules_fingerprint
 
     digest = hashlib.sha256(schedules_fingerprint().encode())
-    digest.update(Path(sparse.__file__).read_bytes())
+    for kernels in (sparse, nm_sparse):
+        digest.update(Path(kernels.__file__).read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -70,18 +73,19 @@ class SparseCostModel:
         except (OSError, ValueError):
             self.cache = {}
 
-    def times(self, rows: int, k: int, n: int, block: tuple[int, int], density: float) -> tuple[float, float]:
+    def times(self, rows: int, k: int, n: int, fmt: SparseFormat, density: float) -> tuple[float, float]:
         """(dense ms, sparse ms) at ``rows`` rows and the density bucket ``density``, measured once per host."""
-        key = f"{self.host}|m{rows}|k{k}|n{n}|b{block[0]}x{block[1]}|d{density}"
+        key = f"{self.host}|m{rows}|k{k}|n{n}|b{fmt.label}|d{density}"
         if key not in self.cache:
-            self.cache[key] = _measure(rows, k, n, block, density, self.threads)
+            self.cache[key] = _measure(rows, k, n, fmt, density, self.threads)
             self._save()
         entry = self.cache[key]
         return entry["dense_ms"], entry["sparse_ms"]
 
-    def predicted_speedup(self, rows: int, k: int, n: int, block: tuple[int, int], density: float) -> float:
+    def predicted_speedup(self, rows: int, k: int, n: int, fmt: SparseFormat, density: float) -> float:
+        """Dense time over sparse time for a weight whose kernel does ``density`` of the dense work."""
         bucket = density_bucket(density)
-        dense, sparse = self.times(rows, k, n, block, bucket)
+        dense, sparse = self.times(rows, k, n, fmt, bucket)
         return dense / max(sparse * density / bucket, 1e-9)
 
     def _save(self) -> None:
@@ -94,25 +98,18 @@ class SparseCostModel:
             pass  # a read-only home still compiles; it just measures again next time
 
 
-def _measure(rows: int, k: int, n: int, block: tuple[int, int], density: float, threads: int) -> dict:
+def _measure(rows: int, k: int, n: int, fmt: SparseFormat, density: float, threads: int) -> dict:
     from sparsec.driver import compile as sparsec_compile
-    from sparsec.ops.sparse import to_bsr
 
     rng = np.random.default_rng(0)
-    weight = rng.standard_normal((n, k)).astype(np.float32)  # [out, in]
-    r, c = block
-    kept = rng.random((n // r, k // c)) < density  # blocks kept at random, as pruning leaves them
-    weight *= np.repeat(np.repeat(kept, r, axis=0), c, axis=1)
+    weight = fmt.random_weight(rng, n, k, density)  # [out, in]
     dense = Graph("calibrate_dense")
     x = dense.add_input("x", TensorType("float32", (rows, k)))
     w = dense.add_constant(np.ascontiguousarray(weight.T), "w")
     dense.outputs.append(dense.add_node("MatMul", [x, w]).outputs[0])
     sparse = Graph("calibrate_sparse")
     xs = sparse.add_input("x", TensorType("float32", (rows, k)))
-    data, indices, indptr = to_bsr(weight, block)
-    consts = [sparse.add_constant(a, name) for a, name in ((data, "data"), (indices, "indices"), (indptr, "indptr"))]
-    node = sparse.add_node("BlockSparseMatMul", [xs, *consts], {"block": list(block), "shape": [n, k]}, domain="sparsec")
-    sparse.outputs.append(node.outputs[0])
+    sparse.outputs.append(fmt.add_node(sparse, xs, weight, None, "none", "sparse").outputs[0])
     for g in (dense, sparse):
         g.opset_imports.update({"": 17, "sparsec": 1})
     runs = {name: sparsec_compile(g, passes=[], num_threads=threads) for name, g in (("dense", dense), ("sparse", sparse))}

@@ -1,10 +1,11 @@
-"""``sparse-weights``: MatMuls whose constant weight is sparse run as BSR or CSR kernels.
+"""``sparse-weights``: MatMuls whose constant weight is sparse run as BSR, N:M or CSR kernels.
 
-Exact: the kernel multiplies by exactly the stored non-zero blocks and skips only all-zero blocks
-(sums may be reordered, as in any GEMM). A weight is rewritten only when (1) it is 2-D
-and feeds a MatMul as its right operand, (2) it is at least 30% zeros: stored BSR with the best block shape that holds (R outputs x C
-inputs, R the vector axis), else CSR (unstructured), and (3) the host-measured cost model predicts a
-speed-up at its block density. Everything declined gets a note saying why; a model with no
+Exact: the kernel multiplies by exactly the stored non-zero weights and skips only zeros (sums
+may be reordered, as in any GEMM). A weight is rewritten only when (1) it is 2-D and feeds a
+MatMul as its right operand, (2) it is at least 30% zeros, in the format that fits it best
+(``sparse_formats.format_of``): BSR with the largest block shape that holds (R outputs x C
+inputs, R the vector axis), else N:M (2:4, 4:8) compressed, else CSR (unstructured), and (3) the
+host-measured cost model predicts a speed-up for that format at its density. Everything declined gets a note saying why; a model with no
 sparse weights is left exactly as it was.
 
 Options (``pass_options={"sparse-weights": {...}}``): ``policy`` = ``"auto"`` (cost model,
@@ -20,37 +21,32 @@ from sparsec.backends.tvm.targets import CPU_TARGETS
 from sparsec.ir.graph import Graph, Node
 from sparsec.ir.types import TensorType
 from sparsec.ops import DOMAIN
-from sparsec.ops.sparse import to_bsr
 from sparsec.passmanager import Pass, PassContext, PassResult, register_pass
 
 from .sparse_cost import SparseCostModel, row_bucket
+from .sparse_formats import SparseFormat, format_of
 
-# Block shapes the kernel runs well, best first: R (outputs) is the vector axis.
-KERNEL_BLOCKS = ((32, 1), (16, 1), (8, 1), (4, 4))
-UNSTRUCTURED = (1, 1)  # CSR, computed transposed (tokens on the vector axis)
 MIN_SPARSITY = 0.3  # below this no block kernel beats dense; skip the calibration cost
 
 
 @register_pass
 class SparseWeights(Pass):
     name = "sparse-weights"
-    description = "sparse constant MatMul weights run as BSR or CSR kernels when measured faster (exact)"
+    description = "sparse constant MatMul weights run as BSR, N:M or CSR kernels when measured faster (exact)"
     exact = True
     default = True
 
     @staticmethod
     def candidates(graph: Graph) -> list[str]:
-        """What ``sparsec inspect`` lists: MatMul weights with a block shape the kernel runs."""
+        """What ``sparsec inspect`` lists: sparse MatMul weights and the format each would run in."""
         found = []
         for node in graph.walk():
             weight = node.input(1) if node.op_type == "MatMul" else None
             if weight is None or weight.const is None or weight.const.ndim != 2 or weight.const.dtype.name != "float32":
                 continue
             info = analyze(weight.const.T)
-            block = next((b for b in KERNEL_BLOCKS if b in info.blocks), None)
-            block = block or UNSTRUCTURED
             if info.sparsity >= MIN_SPARSITY:
-                found.append(f"{node.name}: {weight.name} {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks")
+                found.append(f"{node.name}: {weight.name} {info.sparsity:.0%} sparse, {format_of(info).describe()}")
         return found
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
@@ -59,7 +55,6 @@ class SparseWeights(Pass):
         result = PassResult()
         if policy == "never":
             return result
-        kernel = ctx.has_kernel("BlockSparseMatMul")
         # The cost model times kernels on this host: it speaks for the CPU targets alone.
         measured = ctx.target in CPU_TARGETS
         cost = None
@@ -75,35 +70,34 @@ class SparseWeights(Pass):
                 if info.sparsity > 0:
                     result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse, too dense for a sparse kernel to pay")
                 continue
-            block = next((b for b in KERNEL_BLOCKS if b in info.blocks), UNSTRUCTURED)
+            fmt = format_of(info)
+            described = f"{info.sparsity:.0%} sparse, {fmt.describe()}"
             rows = _rows(node)
-            if rows is None and block == UNSTRUCTURED:
-                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse, unstructured, kept dense: the CSR kernel "
-                                    "needs a static row count; pin the model's dims (dims= / --dim)")
+            if rows is None and fmt.needs_static_rows:
+                result.notes.append(f"{node.name}: {described}, kept dense: the {fmt.kind.upper()} kernel needs a static "
+                                    "row count; pin the model's dims (dims= / --dim)")
                 continue
-            if not kernel:
-                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse, kept dense: no sparse kernel for {ctx.target}")
+            if not ctx.has_kernel(fmt.op_type):
+                result.notes.append(f"{node.name}: {described}, kept dense: no {fmt.kind.upper()} kernel for {ctx.target}")
                 continue
             if policy == "auto" and not measured:
-                result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks, kept dense: "
-                                    f"the cost model measures this host's CPU, not {ctx.target}; policy=always uses the "
-                                    f"{ctx.target} kernel (-O sparse-weights.policy=always)")
+                result.notes.append(f"{node.name}: {described}, kept dense: the cost model measures this host's CPU, "
+                                    f"not {ctx.target}; policy=always uses the {ctx.target} kernel (-O sparse-weights.policy=always)")
                 continue
-            density = 1.0 - info.sparsity
-            detail = {"node": node.name, "weight": weight.name, "shape": list(out_in.shape), "block": f"{block[0]}x{block[1]}",
-                      "sparsity": round(info.sparsity, 4)}
+            detail = {"node": node.name, "weight": weight.name, "shape": list(out_in.shape), "format": fmt.kind,
+                      "block": fmt.label, "sparsity": round(info.sparsity, 4)}
             if policy == "auto":
                 cost = cost or SparseCostModel(ctx.options.get("num_threads"))
                 bucket = row_bucket(rows if rows is not None else int(options.get("rows", 32)))
-                speedup = cost.predicted_speedup(bucket, out_in.shape[1], out_in.shape[0], block, density)
+                speedup = cost.predicted_speedup(bucket, out_in.shape[1], out_in.shape[0], fmt, fmt.work(info))
                 detail.update(rows=bucket, predicted_speedup=round(speedup, 2))
                 if speedup < float(options.get("min_speedup", 1.1)):
-                    result.notes.append(f"{node.name}: {info.sparsity:.0%} sparse in {block[0]}x{block[1]} blocks, kept dense: "
-                                        f"the measured cost model predicts {speedup:.2f}x at {bucket} rows")
+                    result.notes.append(f"{node.name}: {described}, kept dense: the measured cost model predicts "
+                                        f"{speedup:.2f}x at {bucket} rows")
                     result.details.setdefault("declined", []).append(detail)
                     continue
-            _rewrite(graph, node, out_in, block)
-            result.rewrites[f"{self.name}.{'csr' if block == UNSTRUCTURED else 'bsr'}"] += 1
+            _rewrite(node, out_in, fmt)
+            result.rewrites[f"{self.name}.{fmt.kind}"] += 1
             result.details.setdefault("rewritten", []).append(detail)
         return result
 
@@ -144,18 +138,13 @@ def _epilogue(node: Node, n: int) -> tuple[list[Node], object, str]:
     return absorbed, bias, activation
 
 
-def _rewrite(graph: Graph, node: Node, out_in, block: tuple[int, int]) -> None:
-    data, indices, indptr = to_bsr(out_in, block)
+def _rewrite(node: Node, out_in, fmt: SparseFormat) -> None:
     g = node.graph
     n = int(out_in.shape[0])
     absorbed, bias, activation = _epilogue(node, n)
-    consts = [g.add_constant(array, f"{node.input(1).name}_bsr_{part}")
-              for array, part in ((data, "data"), (indices, "indices"), (indptr, "indptr"))]
     if bias is not None:
-        consts.append(g.add_constant(bias.const.reshape(n), f"{bias.name}_bias"))
-    sparse = g.add_node("BlockSparseMatMul", [node.input(0), *consts],
-                        {"block": list(block), "shape": [n, int(out_in.shape[1])], "activation": activation},
-                        domain=DOMAIN, name=node.name + "_bsr", before=node)
+        bias = g.add_constant(bias.const.reshape(n), f"{bias.name}_bias")
+    sparse = fmt.add_node(g, node.input(0), out_in, bias, activation, f"{node.name}_{fmt.kind}", before=node)
     last = absorbed[-1] if absorbed else node
     sparse.outputs[0].type = last.outputs[0].type
     last.outputs[0].replace_all_uses_with(sparse.outputs[0])

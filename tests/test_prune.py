@@ -51,12 +51,13 @@ def test_global_scope_spreads_sparsity_by_magnitude(rng):
     assert total == pytest.approx(0.5, abs=0.02)
 
 
-def test_prune_then_sparse_weights_in_one_compile(rng):
+@pytest.mark.parametrize("block, kind", [("16x1", "bsr"), ("2:4", "nm")])
+def test_prune_then_sparse_weights_in_one_compile(block, kind, rng):
     model = mlp((64, 256, 64), batch=8)
     compiled = sparsec.compile(model, passes=["prune", "sparse-weights"],
-                               pass_options={"prune": {"sparsity": 0.9, "block": "16x1", "min_size": 1},
+                               pass_options={"prune": {"sparsity": 0.9, "block": block, "min_size": 1},
                                              "sparse-weights": {"policy": "always"}})
-    assert compiled.report["rewrites"] == {"prune": 2, "sparse-weights.bsr": 2}
+    assert compiled.report["rewrites"] == {"prune": 2, f"sparse-weights.{kind}": 2}
     x = rng.standard_normal((8, 64)).astype(np.float32)
     ours = compiled.run({"x": x})[0]
     dense = sparsec.backends.ort.run(model, {"x": x})[0]

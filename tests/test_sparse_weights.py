@@ -13,6 +13,7 @@ from sparsec.cli import main
 from sparsec.models.pruned import pruned_ffn
 from sparsec.passes.pruning import magnitude_prune
 from sparsec.passes.sparse_cost import SparseCostModel, density_bucket, row_bucket
+from sparsec.passes.sparse_formats import BSR
 
 ALWAYS = {"sparse-weights": {"policy": "always"}}
 
@@ -124,10 +125,10 @@ def test_cost_model_keeps_dense_when_sparse_would_be_slower(rng):
 
 def test_cost_model_measures_once_and_caches(tmp_path):
     model = SparseCostModel(1)
-    dense, sparse = model.times(8, 32, 64, (16, 1), 0.5)
+    dense, sparse = model.times(8, 32, 64, BSR((16, 1)), 0.5)
     assert dense > 0 and sparse > 0
     cached = json.loads(model.path.read_text())
-    assert len(cached) == 1 and SparseCostModel(1).times(8, 32, 64, (16, 1), 0.5) == (dense, sparse)
+    assert len(cached) == 1 and SparseCostModel(1).times(8, 32, 64, BSR((16, 1)), 0.5) == (dense, sparse)
 
 
 def test_density_buckets():
@@ -179,3 +180,97 @@ def test_cuda_bsr_kernel_arithmetic_on_the_cpu(block, rows, relu, rng):
     lib["main"](*(tvm.runtime.tensor(a) for a in (x, data, indices, indptr, bias)), y)
     expected = x @ weight.T + bias
     np.testing.assert_allclose(y.numpy(), np.maximum(expected, 0) if relu else expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8)])
+def test_nm_compression_round_trips(n, m, rng):
+    from sparsec.ops.sparse import from_nm, to_nm
+
+    weight = magnitude_prune(rng.standard_normal((12, 40)).astype(np.float32), 0.0, nm=(n, m))
+    weight[0, :m] = 0  # a group with no kept weight
+    weight[1, 1:m] = 0  # one with fewer than N
+    values, positions = to_nm(weight, n, m)
+    assert values.shape == positions.shape == (12, 40 // m * n) and positions.dtype == np.uint8
+    assert np.array_equal(from_nm(values, positions, n, m), weight)
+
+
+NM_SHAPES = [(64, 128, 1), (64, 128, 7), (64, 128, 32), (24, 40, "tokens")]
+
+
+@pytest.mark.parametrize("n, m, hidden, ffn, tokens", [(2, 4, *shape) for shape in NM_SHAPES + [(20, 52, 5)]]
+                         + [(4, 8, *shape) for shape in NM_SHAPES + [(40, 88, 5)]])
+def test_nm_rewrite_is_exact_and_fires(n, m, hidden, ffn, tokens, rng):
+    """N:M weights run compressed. 20 / 52 / 40 / 88 inputs end in a window shorter than the
+    vector and outputs that are not a multiple of it pad the last panel; a symbolic row count
+    runs any number of rows."""
+    model = pruned_ffn(hidden, ffn, layers=2, nm=(n, m), tokens=tokens, residual=True)
+    compiled = sparsec.compile(model, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {"sparse-weights.nm": 4}
+    assert {d["block"] for d in compiled.report["details"]["sparse-weights"]["rewritten"]} == {f"{n}:{m}"}
+    for rows in ((1, 9, 40) if isinstance(tokens, str) else (tokens,)):
+        assert_matches_ort(compiled, model, {"x": rng.standard_normal((rows, hidden)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("options", [{"target": "c"}, {"mcpu": "x86-64"}, {"backend": "ort"}])
+def test_nm_without_a_permute_instruction(options, rng):
+    """The c target and a CPU without AVX2 (mcpu=x86-64: the permute intrinsic would abort LLVM)
+    gather lane by lane; ORT runs the op decomposed to its dense MatMul."""
+    import platform
+
+    if "mcpu" in options and platform.machine() not in ("x86_64", "AMD64"):
+        options = {"mcpu": "generic"}
+    model = pruned_ffn(32, 64, nm=(2, 4), tokens=5)
+    compiled = sparsec.compile(model, pass_options=ALWAYS, **options)
+    assert compiled.report["rewrites"] == {"sparse-weights.nm": 2}
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((5, 32)).astype(np.float32)})
+
+
+def test_nm_kernel_uses_the_permute_where_the_target_has_it():
+    from sparsec.backends.tvm.kernels.nm_sparse import target_permute
+    from sparsec.backends.tvm.targets import _llvm_target
+
+    with _llvm_target({"mcpu": "haswell"}):
+        assert target_permute(8) == "llvm.x86.avx2.permps"
+    with _llvm_target({"mcpu": "x86-64"}):
+        assert target_permute(8) is None
+    with _llvm_target({"mcpu": "skylake-avx512"}):
+        assert target_permute(16) == "llvm.x86.avx512.permvar.sf.512"
+
+
+def test_nm_on_cuda_compiles_its_kernel():
+    model = pruned_ffn(64, 128, nm=(2, 4), tokens=8)
+    compiled = sparsec.compile(model, target="cuda", arch="sm_80", pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {"sparse-weights.nm": 2}
+    source = cuda_source(compiled)
+    assert "nm24_matmul_cuda_8x64x128_relu_kernel(" in source and "nm24_matmul_cuda_8x128x64_kernel(" in source
+
+
+@pytest.mark.parametrize("n, m, rows, relu", [(2, 4, 7, True), (4, 8, 40, False), (2, 4, 1, False)])
+def test_cuda_nm_kernel_arithmetic_on_the_cpu(n, m, rows, relu, rng):
+    import tvm
+
+    from sparsec.backends.tvm.kernels.nm_sparse import nm_kernel_cuda
+    from sparsec.ops.sparse import to_nm
+
+    k, out = 64, 72
+    weight = magnitude_prune(rng.standard_normal((out, k)).astype(np.float32), 0.0, nm=(n, m))
+    values, positions = (np.ascontiguousarray(a.T) for a in to_nm(weight, n, m))
+    kernel = nm_kernel_cuda(rows, k, out, n, m, relu, bind=False).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": kernel}), target="llvm")
+    x, bias = rng.standard_normal((rows, k)).astype(np.float32), rng.standard_normal(out).astype(np.float32)
+    y = tvm.runtime.tensor(np.zeros((rows, out), np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, values, positions, bias)), y)
+    expected = x @ weight.T + bias
+    np.testing.assert_allclose(y.numpy(), np.maximum(expected, 0) if relu else expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inspect_names_the_nm_format(tmp_path, capsys):
+    path = tmp_path / "nm.onnx"
+    onnx.save(pruned_ffn(32, 64, nm=(2, 4), tokens=4), path)
+    with pytest.raises(SystemExit) as done:
+        main(["inspect", str(path), "--json"])
+    assert done.value.code == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {w["structure"] for w in info["weights"] if w["name"].endswith(("w1", "w2"))} == {"2:4"}
+    assert len(info["pass_candidates"]["sparse-weights"]) == 2
+    assert all(c.endswith("50% sparse, 2:4 (N:M)") for c in info["pass_candidates"]["sparse-weights"])

@@ -24,7 +24,8 @@ class TVMBackend:
     def build(self, graph: Graph, target: str, options: dict) -> "TVMRunner":
         spec = get_target(target)
         tvm_target = spec.make(options)
-        mod, _ = lower_to_relax(graph, target)
+        with tvm_target:  # kernels that use an ISA's instructions ask the target (Target.current) for them
+            mod, _ = lower_to_relax(graph, target)
         tuning, database = _tuning(spec, tvm_target, mod, options)
         try:
             with tvm.transform.PassContext(config=spec.build_config):

@@ -40,13 +40,16 @@ def _infer(node: Node):
 
 
 def _decompose(node: Node) -> None:
-    graph = node.graph
     data, indices, indptr = (node.input(i).const for i in (1, 2, 3))
     out, inp = node.attr("shape")
-    dense = from_bsr(data, indices, indptr, (int(out), int(inp)))
-    weight = graph.add_constant(np.ascontiguousarray(dense.T), node.name + "_dense")
+    _replace_with_dense(node, from_bsr(data, indices, indptr, (int(out), int(inp))), node.input(4))
+
+
+def _replace_with_dense(node: Node, out_in: np.ndarray, bias) -> None:
+    """Rewrites a sparse MatMul node in place as the MatMul (+ Add, Relu) it equals."""
+    graph = node.graph
+    weight = graph.add_constant(np.ascontiguousarray(out_in.T), node.name + "_dense")
     result = graph.add_node("MatMul", [node.input(0), weight], name=node.name + "_matmul", before=node).outputs[0]
-    bias = node.input(4)
     if bias is not None:
         result = graph.add_node("Add", [result, bias], name=node.name + "_bias", before=node).outputs[0]
     if node.attr("activation", "none") == "relu":
@@ -57,3 +60,43 @@ def _decompose(node: Node) -> None:
 
 
 BLOCK_SPARSE_MATMUL = register_op(OpDef("BlockSparseMatMul", _infer, _decompose, __doc__))
+
+
+def to_nm(out_in: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, positions) of a ``[out, in]`` weight with at most ``n`` non-zeros in every ``m``
+    consecutive inputs: both ``[out, in / m * n]``, the kept weights of each group in input order
+    and their offsets in the group (uint8). A group with fewer than ``n`` non-zeros is padded
+    with zero weights (at offset 0, so the padding reads an input that exists)."""
+    rows, cols = out_in.shape
+    groups = out_in.reshape(rows, cols // m, m)
+    # A stable sort of "is zero" puts each group's non-zeros first, in input order.
+    order = np.argsort(groups == 0, axis=2, kind="stable")[:, :, :n]
+    values = np.take_along_axis(groups, order, axis=2)
+    positions = np.where(values != 0, order, 0).astype(np.uint8)
+    return np.ascontiguousarray(values.reshape(rows, -1)), np.ascontiguousarray(positions.reshape(rows, -1))
+
+
+def from_nm(values: np.ndarray, positions: np.ndarray, n: int, m: int) -> np.ndarray:
+    rows, kept = values.shape
+    dense = np.zeros((rows, kept // n, m), values.dtype)
+    # Padding entries are zero weights at offset 0: add, so they cannot overwrite a kept weight.
+    np.add.at(dense, (np.arange(rows)[:, None, None], np.arange(kept // n)[None, :, None],
+                      positions.reshape(rows, -1, n).astype(np.intp)), values.reshape(rows, -1, n))
+    return dense.reshape(rows, -1)
+
+
+def _decompose_nm(node: Node) -> None:
+    n, m = (int(d) for d in node.attr("pattern"))
+    values, positions = node.input(1).const, node.input(2).const
+    _replace_with_dense(node, from_nm(values, positions, n, m), node.input(3))
+
+
+NM_SPARSE_MATMUL_DOC = """``sparsec.NMSparseMatMul``: ``y = x @ W.T (+ bias)`` with W ``[out, in]`` N:M sparse: at
+most N non-zeros in every M consecutive inputs of an output (2:4, 4:8), stored compressed.
+
+Inputs: x ``[..., in]``, values ``[out, in / M * N]`` (float32: each group's kept weights in
+input order), positions ``[out, in / M * N]`` (uint8: their offsets in the group), optional bias
+``[out]``. Attributes: ``pattern = [N, M]``, ``shape = [out, in]``, ``activation`` (``"none"``
+or ``"relu"``, after the bias). Decomposes into the dense MatMul it equals."""
+
+NM_SPARSE_MATMUL = register_op(OpDef("NMSparseMatMul", _infer, _decompose_nm, NM_SPARSE_MATMUL_DOC))

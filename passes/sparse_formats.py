@@ -1,0 +1,113 @@
+"""The sparse weight formats ``sparse-weights`` rewrites into, each with its op and kernel.
+
+A format knows how to tell whether a weight fits it, how much of the dense work its kernel does,
+how to build a random weight of its kind (the cost model times one) and how to emit its op. The
+pass and the cost model look formats up here; a new format is one more class in ``FORMATS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsec.analysis.sparsity import SparsityInfo
+from sparsec.ir.graph import Graph, Node
+from sparsec.ops import DOMAIN
+from sparsec.ops.sparse import to_bsr, to_nm
+
+# Block shapes the BSR kernel runs well, best first: R (outputs) is the vector axis.
+KERNEL_BLOCKS = ((32, 1), (16, 1), (8, 1), (4, 4))
+
+
+@dataclass(frozen=True)
+class SparseFormat:
+    shape: tuple[int, int]  # the block (R outputs x C inputs), or the N:M pattern
+    kind = ""  # the rewrite's name: sparse-weights.<kind>
+    op_type = ""
+    needs_static_rows = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.shape[0]}x{self.shape[1]}"
+
+    def describe(self) -> str:
+        return f"in {self.label} blocks"
+
+    def work(self, info: SparsityInfo) -> float:
+        """The fraction of the dense multiply-adds the kernel does on this weight."""
+        return 1.0 - info.sparsity
+
+    def random_weight(self, rng: np.random.Generator, out: int, k: int, density: float) -> np.ndarray:
+        """An ``[out, in]`` weight of this format at ``density``, zeros where pruning leaves them."""
+        r, c = self.shape
+        weight = rng.standard_normal((out, k)).astype(np.float32)
+        kept = rng.random((out // r, k // c)) < density
+        return weight * np.repeat(np.repeat(kept, r, axis=0), c, axis=1)
+
+    def add_node(self, graph: Graph, x, out_in: np.ndarray, bias, activation: str, name: str, before: Node | None = None) -> Node:
+        data, indices, indptr = to_bsr(out_in, self.shape)
+        consts = [graph.add_constant(array, f"{name}_bsr_{part}")
+                  for array, part in ((data, "data"), (indices, "indices"), (indptr, "indptr"))]
+        return graph.add_node(self.op_type, [x, *consts, *([bias] if bias is not None else [])],
+                              {"block": list(self.shape), "shape": list(out_in.shape), "activation": activation},
+                              domain=DOMAIN, name=name, before=before)
+
+
+class BSR(SparseFormat):
+    kind = "bsr"
+    op_type = "BlockSparseMatMul"
+
+
+class CSR(SparseFormat):
+    """Unstructured: 1x1 blocks, computed transposed (tokens on the vector axis)."""
+
+    kind = "csr"
+    op_type = "BlockSparseMatMul"
+    needs_static_rows = True
+
+    def describe(self) -> str:
+        return "unstructured"
+
+
+class NM(SparseFormat):
+    """N:M (2:4, 4:8): each group's kept weights stored compressed with their offsets."""
+
+    kind = "nm"
+    op_type = "NMSparseMatMul"
+
+    @property
+    def label(self) -> str:
+        return f"{self.shape[0]}:{self.shape[1]}"
+
+    def describe(self) -> str:
+        return f"{self.label} (N:M)"
+
+    def work(self, info: SparsityInfo) -> float:
+        n, m = self.shape
+        return n / m  # every group is read as N kept weights, padded with zeros where it has fewer
+
+    def random_weight(self, rng, out, k, density):
+        from .pruning import magnitude_prune
+
+        return magnitude_prune(rng.standard_normal((out, k)).astype(np.float32), 0.0, nm=self.shape)
+
+    def add_node(self, graph, x, out_in, bias, activation, name, before=None):
+        values, positions = to_nm(out_in, *self.shape)
+        consts = [graph.add_constant(values, f"{name}_nm_values"), graph.add_constant(positions, f"{name}_nm_positions")]
+        return graph.add_node(self.op_type, [x, *consts, *([bias] if bias is not None else [])],
+                              {"pattern": list(self.shape), "shape": list(out_in.shape), "activation": activation},
+                              domain=DOMAIN, name=name, before=before)
+
+
+def format_of(info: SparsityInfo) -> SparseFormat:
+    """The format a weight runs best in: the largest kernel block that holds, else its N:M
+    pattern (when that is about all its sparsity), else CSR."""
+    block = next((b for b in KERNEL_BLOCKS if b in info.blocks), None)
+    if block is not None:
+        return BSR(block)
+    structure = info.structure
+    if ":" in structure:
+        n, m = (int(d) for d in structure.split(":"))
+        return NM((n, m))
+    return CSR((1, 1))
