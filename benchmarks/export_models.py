@@ -8,6 +8,7 @@ opt-stack.onnx      HF OPT decoder stack (6 layers, hidden 768, 12 heads, FFN 30
 mixtral-moe.onnx    HF Mixtral, 2 layers, hidden 512, 8 experts top-2 (FFN 1024), batched_mm experts, random weights
 qwen2-moe.onnx      HF Qwen2-MoE, 2 layers, hidden 512, 32 experts top-4 (FFN 256) + shared expert (FFN 1024)
 qwen3-moe.onnx      HF Qwen3-MoE, 2 layers, hidden 512, 64 experts top-8 (FFN 256), renormalised top-k
+*-moe-dynamo.onnx   the same three MoE models from torch's dynamo exporter (torch.export + onnxscript)
 ppocr-det.onnx / ppocr-cls.onnx   trained PP-OCR CNNs shipped by rapidocr_onnxruntime (copied)
 """
 
@@ -34,6 +35,10 @@ def main(folder: str, only: list[str]) -> None:
         "mixtral-moe": lambda: hf.mixtral(layers=2, hidden=512, experts=8, top_k=2, ffn=1024),
         "qwen2-moe": lambda: hf.qwen2_moe(layers=2, hidden=512, experts=32, top_k=4, ffn=256, shared_ffn=1024),
         "qwen3-moe": lambda: hf.qwen3_moe(layers=2, hidden=512, experts=64, top_k=8, ffn=256),
+        "mixtral-moe-dynamo": lambda: hf.mixtral(layers=2, hidden=512, experts=8, top_k=2, ffn=1024, exporter="dynamo"),
+        "qwen2-moe-dynamo": lambda: hf.qwen2_moe(layers=2, hidden=512, experts=32, top_k=4, ffn=256, shared_ffn=1024,
+                                                 exporter="dynamo"),
+        "qwen3-moe-dynamo": lambda: hf.qwen3_moe(layers=2, hidden=512, experts=64, top_k=8, ffn=256, exporter="dynamo"),
     }
     for name, build in builders.items():
         if only and name not in only:

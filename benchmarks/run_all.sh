@@ -15,7 +15,8 @@ bench minilm "$m/minilm-l6.onnx" --batch 1,8 --dim sequence=128 --backends ort,t
 bench encoders "$m/bert-base.onnx" "$m/opt-stack.onnx" --batch 1 --dim sequence=128 --backends ort,sparsec --repeat 10
 bench cnn-cls "$m/ppocr-cls.onnx" --shape x=1,3,48,192 --backends ort,sparsec --repeat 30
 bench cnn-det "$m/ppocr-det.onnx" --shape x=1,3,320,320 --backends ort,sparsec --repeat 10
-moe=("$m/mixtral-moe.onnx" "$m/qwen2-moe.onnx" "$m/qwen3-moe.onnx")
+moe=("$m/mixtral-moe.onnx" "$m/qwen2-moe.onnx" "$m/qwen3-moe.onnx"
+     "$m/mixtral-moe-dynamo.onnx" "$m/qwen2-moe-dynamo.onnx" "$m/qwen3-moe-dynamo.onnx")
 bench hf-moe-t1 "${moe[@]}" --batch 1 --dim sequence=1 --backends ort,sparsec --repeat 30
 bench hf-moe "${moe[@]}" --batch 1,8 --dim sequence=16 --backends ort,sparsec --repeat 10
 bench pruned-ffn --family pruned-ffn --sweep sparsity=0.5,0.7,0.8,0.9,0.95,0.98 --sweep block=16x1,32x1,4x4 \

@@ -28,13 +28,26 @@ def _torch():
     return torch, transformers
 
 
-def export(module, args: tuple, input_names: list[str], output_names: list[str], dynamic_axes: dict) -> onnx.ModelProto:
-    """Export with torch's TorchScript-based exporter (it needs no onnxscript) at opset 17."""
+EXPORTERS = ("torchscript", "dynamo")
+
+
+def export(module, args: tuple, input_names: list[str], output_names: list[str], dynamic_axes: dict,
+           exporter: str = "torchscript") -> onnx.ModelProto:
+    """Export with torch's TorchScript-based exporter (opset 17) or, ``exporter="dynamo"``, with
+    torch.export and onnxscript (opset 18, onnxscript's graph optimisations on): the two write the
+    same module as different graphs (Gather vs GatherND, Tile vs Expand, Slice vs Split)."""
     torch, _ = _torch()
-    buffer = io.BytesIO()
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            program = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
+                                        dynamic_axes=dynamic_axes, opset_version=18, dynamo=True, optimize=True,
+                                        verbose=False)
+            return program.model_proto
+        buffer = io.BytesIO()
         torch.onnx.export(module, args, buffer, input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
@@ -84,7 +97,7 @@ def bert(layers: int = 2, hidden: int = 128, heads: int = 4, intermediate: int =
     return _encoder_export(transformers.BertModel(config), 2, 16)
 
 
-def _decoder_export(model, batch: int, seq: int) -> onnx.ModelProto:
+def _decoder_export(model, batch: int, seq: int, exporter: str = "torchscript") -> onnx.ModelProto:
     torch, _ = _torch()
 
     class Logits(torch.nn.Module):
@@ -99,7 +112,7 @@ def _decoder_export(model, batch: int, seq: int) -> onnx.ModelProto:
     mask = torch.ones(batch, seq, dtype=torch.int64)
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             "logits": {0: "batch", 1: "sequence"}}
-    return export(Logits(), (ids, mask), ["input_ids", "attention_mask"], ["logits"], axes)
+    return export(Logits(), (ids, mask), ["input_ids", "attention_mask"], ["logits"], axes, exporter)
 
 
 def opt(layers: int = 2, hidden: int = 128, heads: int = 4, ffn: int = 512, seed: int = 0) -> onnx.ModelProto:
@@ -112,8 +125,8 @@ def opt(layers: int = 2, hidden: int = 128, heads: int = 4, ffn: int = 512, seed
 
 
 def mixtral(layers: int = 1, hidden: int = 64, experts: int = 4, top_k: int = 2, ffn: int = 128, seed: int = 0,
-            experts_implementation: str = "batched_mm") -> onnx.ModelProto:
-    """A small Mixtral (MoE) decoder; ``experts_implementation`` picks the export shape."""
+            experts_implementation: str = "batched_mm", exporter: str = "torchscript") -> onnx.ModelProto:
+    """A small Mixtral (MoE) decoder; ``experts_implementation`` and ``exporter`` pick the export shape."""
     torch, transformers = _torch()
     torch.manual_seed(seed)
     config = transformers.MixtralConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=ffn,
@@ -121,12 +134,12 @@ def mixtral(layers: int = 1, hidden: int = 64, experts: int = 4, top_k: int = 2,
                                         num_local_experts=experts, num_experts_per_tok=top_k,
                                         max_position_embeddings=256, attn_implementation="eager",
                                         experts_implementation=experts_implementation)
-    return _decoder_export(transformers.MixtralForCausalLM(config), 2, 8)
+    return _decoder_export(transformers.MixtralForCausalLM(config), 2, 8, exporter)
 
 
 def qwen2_moe(layers: int = 1, hidden: int = 64, experts: int = 8, top_k: int = 2, ffn: int = 64,
               shared_ffn: int = 128, norm_topk_prob: bool = False, seed: int = 0,
-              experts_implementation: str = "batched_mm") -> onnx.ModelProto:
+              experts_implementation: str = "batched_mm", exporter: str = "torchscript") -> onnx.ModelProto:
     """A small Qwen2-MoE decoder: routed experts (softmax, top-k, optionally renormalised) plus a
     sigmoid-gated shared expert."""
     torch, transformers = _torch()
@@ -137,11 +150,11 @@ def qwen2_moe(layers: int = 1, hidden: int = 64, experts: int = 8, top_k: int = 
                                          num_experts=experts, num_experts_per_tok=top_k, norm_topk_prob=norm_topk_prob,
                                          max_position_embeddings=256, attn_implementation="eager",
                                          experts_implementation=experts_implementation)
-    return _decoder_export(transformers.Qwen2MoeForCausalLM(config), 2, 8)
+    return _decoder_export(transformers.Qwen2MoeForCausalLM(config), 2, 8, exporter)
 
 
 def qwen3_moe(layers: int = 1, hidden: int = 64, experts: int = 8, top_k: int = 2, ffn: int = 64,
-              norm_topk_prob: bool = True, seed: int = 0, experts_implementation: str = "batched_mm") -> onnx.ModelProto:
+              norm_topk_prob: bool = True, seed: int = 0, experts_implementation: str = "batched_mm", exporter: str = "torchscript") -> onnx.ModelProto:
     """A small Qwen3-MoE decoder (routed experts only, renormalised top-k)."""
     torch, transformers = _torch()
     torch.manual_seed(seed)
@@ -151,4 +164,4 @@ def qwen3_moe(layers: int = 1, hidden: int = 64, experts: int = 8, top_k: int = 
                                          num_experts_per_tok=top_k, norm_topk_prob=norm_topk_prob,
                                          max_position_embeddings=256, attn_implementation="eager",
                                          experts_implementation=experts_implementation)
-    return _decoder_export(transformers.Qwen3MoeForCausalLM(config), 2, 8)
+    return _decoder_export(transformers.Qwen3MoeForCausalLM(config), 2, 8, exporter)

@@ -43,21 +43,32 @@ def match_hidden(h: Value) -> tuple[str, Value, bool]:
 
 
 def _half_of(value: Value) -> tuple[Value, int] | None:
-    """(u, 0) for ``u[..., :W/2]``, (u, 1) for ``u[..., W/2:]`` (static last dim W), else None."""
+    """(u, 0) for the first half of u's last axis (static width W), (u, 1) for the second, written
+    as ``u[..., :W/2]`` / ``u[..., W/2:]`` (Slice, the TorchScript exporter) or as the outputs of
+    a Split in two equal parts (the dynamo exporter's ``chunk``); else None."""
     node = value.producer
-    if node is None or node.op_type != "Slice" or any(v is not None and v.const is None for v in node.inputs[1:]):
+    if node is None or node.domain not in ("", "ai.onnx"):
         return None
     shape = shape_of(node.input(0))
     if shape is None or not isinstance(shape[-1], int) or shape[-1] % 2:
         return None
     rank, width = len(shape), shape[-1]
+    half = width // 2
+    if node.op_type == "Split":
+        if node.attr("axis", 0) % rank != rank - 1 or len(node.outputs) != 2:
+            return None
+        sizes = node.input(1) if len(node.inputs) > 1 else None
+        if sizes is not None and (sizes.const is None or list(np.ravel(sizes.const)) != [half, half]):
+            return None
+        return node.input(0), node.outputs.index(value)
+    if node.op_type != "Slice" or any(v is not None and v.const is None for v in node.inputs[1:]):
+        return None
     starts, ends = ints(node, 1, "starts"), ints(node, 2, "ends")
     axes = ints(node, 3, "axes") or list(range(len(starts)))
     steps = ints(node, 4, "steps") or [1] * len(starts)
     if len(starts) != 1 or axes[0] % rank != rank - 1 or steps != [1]:
         return None
     start, end = (min(max(b + width if b < 0 else b, 0), width) for b in (starts[0], ends[0]))
-    half = width // 2
     return {(0, half): (node.input(0), 0), (half, width): (node.input(0), 1)}.get((start, end))
 
 
@@ -371,39 +382,61 @@ def _flat_rows(value: Value) -> Value:
 def _batched_linear(value: Value) -> tuple[np.ndarray, np.ndarray | None, Value, Value]:
     """``Squeeze(MatMul(Gather(W, ids), Unsqueeze(a, -1)), -1)`` (W ``[E, out, in]``) or
     ``Squeeze(MatMul(Unsqueeze(a, 1), Gather(W, ids)), 1)`` (W ``[E, in, out]``), plus an optional
-    ``Gather(B, ids)``; returns (W as ``[E, in, out]``, B ``[E, out]`` or None, ids, a)."""
+    gathered bias; returns (W as ``[E, in, out]``, B ``[E, out]`` or None, ids, a). A gather is
+    ``Gather`` or ``GatherND`` (``_gathered_rows``)."""
     bias, bias_ids = None, None
     node = value.producer
     if node is not None and node.op_type == "Add":
         for lin, other in ((node.input(0), node.input(1)), (node.input(1), node.input(0))):
-            if other.producer is not None and other.producer.op_type == "Gather" and other.producer.input(0).const is not None:
-                bias, bias_ids, value = other.producer.input(0).const, other.producer.input(1), lin
+            gathered = _gathered_rows(other)
+            if gathered is not None and gathered[0].const is not None:
+                (bias_table, bias_ids), value = gathered, lin
+                bias = bias_table.const
                 break
         else:
             raise Mismatch("an expert layer adds something other than a gathered bias")
     squeeze = producer(value, "Squeeze")
     mm = producer(squeeze.input(0), "MatMul")
     left, right = mm.input(0), mm.input(1)
-    if left.producer is not None and left.producer.op_type == "Gather":
-        gather, vector, vector_axis, squeeze_axes, transpose = left.producer, right, ([-1], [2]), ([-1], [2]), True
+    if _gathered_rows(left) is not None:
+        gathered, vector, vector_axis, squeeze_axes, transpose = _gathered_rows(left), right, ([-1], [2]), ([-1], [2]), True
+    elif _gathered_rows(right) is not None:
+        gathered, vector, vector_axis, squeeze_axes, transpose = _gathered_rows(right), left, ([1],), ([1],), False
     else:
-        gather, vector, vector_axis, squeeze_axes, transpose = producer(right, "Gather"), left, ([1],), ([1],), False
-    if gather.attr("axis", 0) != 0:
-        raise Mismatch("expert weights are not gathered along the expert axis")
-    weights = const(gather.input(0), "the gathered expert weights")
+        raise Mismatch("neither side of the batched MatMul gathers expert weights along the expert axis")
+    table, ids = gathered
+    weights = const(table, "the gathered expert weights")
     unsqueeze = producer(vector, "Unsqueeze")
     if weights.ndim != 3 or ints(unsqueeze, 1, "axes") not in vector_axis or ints(squeeze, 1, "axes") not in squeeze_axes:
         raise Mismatch("the batched MatMul is not a per-row vector-matrix product over [E, out, in] weights")
-    ids = gather.input(1)
     if bias_ids is not None and bias_ids is not ids:
         raise Mismatch("an expert bias is gathered by other ids than its weights")
     w = np.ascontiguousarray(weights.transpose(0, 2, 1)) if transpose else weights
     return w, bias, ids, unsqueeze.input(0)
 
 
+def _gathered_rows(value: Value) -> tuple[Value, Value] | None:
+    """(table, ids) for ``Gather(table, ids)`` along axis 0, or for ``GatherND(table,
+    Unsqueeze(ids, -1))`` with no batch dims, which reads the same rows (how the dynamo exporter
+    writes ``W[ids]``); else None."""
+    node = value.producer
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Gather" and node.attr("axis", 0) == 0:
+        return node.input(0), node.input(1)
+    if node.op_type == "GatherND" and node.attr("batch_dims", 0) == 0:
+        index = node.input(1).producer
+        ids_shape = shape_of(node.input(1))
+        if index is not None and index.op_type == "Unsqueeze" and ids_shape is not None and \
+                ints(index, 1, "axes") in ([-1], [len(ids_shape) - 1]):
+            return node.input(0), index.input(0)
+    return None
+
+
 def _repeated_rows(rows: Value, k: int) -> Value:
-    """x from ``Flatten(Tile(Unsqueeze(x, 1), [1, k, 1]), 2)`` (or Reshape to [-1, H]): each token
-    repeated k times, token-major, as ``repeat_interleave`` exports; top-1 may use x itself."""
+    """x from ``Flatten(Tile(Unsqueeze(x, 1), [1, k, 1]), 2)`` (or Reshape to [-1, H]; or Expand
+    to ``[1, k, 1]`` instead of the Tile, as the dynamo exporter writes it): each token repeated k
+    times, token-major, as ``repeat_interleave`` exports; top-1 may use x itself."""
     node = rows.producer
     if k == 1 and (node is None or node.op_type not in ("Flatten", "Reshape")):
         return rows
@@ -413,10 +446,10 @@ def _repeated_rows(rows: Value, k: int) -> Value:
     if node.op_type == "Reshape" and (node.input(1).const is None or list(np.ravel(node.input(1).const))[:1] != [-1]
                                       or len(np.ravel(node.input(1).const)) != 2):
         raise Mismatch("the repeated tokens are not reshaped to [-1, hidden]")
-    tile = producer(node.input(0), "Tile")
-    repeats = const(tile.input(1), "the Tile repeats")
+    tile = producer(node.input(0), "Tile", "Expand")
+    repeats = const(tile.input(1), f"the {tile.op_type} {'repeats' if tile.op_type == 'Tile' else 'shape'}")
     if list(np.ravel(repeats)) != [1, k, 1]:
-        raise Mismatch(f"tokens are tiled {list(np.ravel(repeats))}, not [1, {k}, 1]")
+        raise Mismatch(f"tokens are repeated by {tile.op_type} {list(np.ravel(repeats))}, not [1, {k}, 1]")
     unsqueeze = producer(tile.input(0), "Unsqueeze")
     if ints(unsqueeze, 1, "axes") != [1]:
         raise Mismatch("tokens are not unsqueezed on axis 1 before the Tile")

@@ -50,16 +50,18 @@ def test_transformer_with_unpinned_dims(name, rng):
 
 
 @functools.cache
-def exported_moe(name: str, top_k: int) -> onnx.ModelProto:
-    return getattr(hf, name)(top_k=top_k)
+def exported_moe(name: str, top_k: int, exporter: str) -> onnx.ModelProto:
+    return getattr(hf, name)(top_k=top_k, exporter=exporter)
 
 
-@pytest.mark.parametrize("name, top_k", [("mixtral", 2), ("mixtral", 1), ("qwen2_moe", 2), ("qwen3_moe", 2)])
-def test_hf_batched_mm_moe_dispatches_and_matches_ort(name, top_k, rng):
-    """transformers' batched_mm experts (every token's expert weights gathered per slot) become
-    sparsec.MoE dispatch; outputs equal ORT's on the original file, also when every token routes
-    to the same experts and for a single token."""
-    model = exported_moe(name, top_k)
+@pytest.mark.parametrize("name, top_k, exporter", [
+    ("mixtral", 2, "torchscript"), ("mixtral", 1, "torchscript"), ("qwen2_moe", 2, "torchscript"),
+    ("qwen3_moe", 2, "torchscript"), ("mixtral", 2, "dynamo"), ("qwen2_moe", 2, "dynamo"), ("qwen3_moe", 2, "dynamo")])
+def test_hf_batched_mm_moe_dispatches_and_matches_ort(name, top_k, exporter, rng):
+    """transformers' batched_mm experts (every token's expert weights gathered per slot), from
+    both of torch's exporters, become sparsec.MoE dispatch; outputs equal ORT's on the original
+    file, also when every token routes to the same experts and for a single token."""
+    model = exported_moe(name, top_k, exporter)
     compiled = sparsec.compile(model, dims={"batch": 2, "sequence": 8})
     assert compiled.report["rewrites"].get("moe-dispatch") == 1
     (found,) = compiled.report["details"]["moe-dispatch"]["moe"]
