@@ -51,9 +51,9 @@ def test_global_scope_spreads_sparsity_by_magnitude(rng):
     assert total == pytest.approx(0.5, abs=0.02)
 
 
-@pytest.mark.parametrize("block, kind", [("16x1", "bsr"), ("2:4", "nm")])
-def test_prune_then_sparse_weights_in_one_compile(block, kind, rng):
-    model = mlp((64, 256, 64), batch=8)
+@pytest.mark.parametrize("block, kind, linear", [("16x1", "bsr", "matmul"), ("2:4", "nm", "matmul"), ("16x1", "bsr", "gemm")])
+def test_prune_then_sparse_weights_in_one_compile(block, kind, linear, rng):
+    model = mlp((64, 256, 64), batch=8, linear=linear)
     compiled = sparsec.compile(model, passes=["prune", "sparse-weights"],
                                pass_options={"prune": {"sparsity": 0.9, "block": block, "min_size": 1},
                                              "sparse-weights": {"policy": "always"}})

@@ -274,3 +274,45 @@ def test_inspect_names_the_nm_format(tmp_path, capsys):
     assert {w["structure"] for w in info["weights"] if w["name"].endswith(("w1", "w2"))} == {"2:4"}
     assert len(info["pass_candidates"]["sparse-weights"]) == 2
     assert all(c.endswith("50% sparse, 2:4 (N:M)") for c in info["pass_candidates"]["sparse-weights"])
+
+
+def gemm_mlp(rng, rows, trans_b, beta, c_shape, block=(16, 1), nm=None):
+    """x -> Gemm -> Relu -> Gemm, as torch exports nn.Linear on 2-D inputs (transB=1), pruned."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, current = [], [], "x"
+    for i, (fan_in, fan_out) in enumerate(((48, 96), (96, 48))):
+        out_in = magnitude_prune(rng.standard_normal((fan_out, fan_in)).astype(np.float32), 0.8, block, nm)
+        c = rng.standard_normal(c_shape(fan_out)).astype(np.float32)
+        inits += [numpy_helper.from_array(out_in if trans_b else np.ascontiguousarray(out_in.T), f"w{i}"),
+                  numpy_helper.from_array(c, f"c{i}")]
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"c{i}"], [f"g{i}"], transB=trans_b, beta=beta))
+        current = f"g{i}"
+        if i == 0:
+            nodes.append(helper.make_node("Relu", [current], ["h"]))
+            current = "h"
+    graph = helper.make_graph(nodes, "gemm_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 48])],
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, [rows, 48])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("trans_b, beta, c_shape, block, nm, kind", [
+    (1, 1.0, lambda n: (n,), (16, 1), None, "bsr"),
+    (0, 0.5, lambda n: (1, n), (8, 1), None, "bsr"),
+    (1, 1.0, lambda n: (n,), (1, 1), None, "csr"),
+    (1, 2.0, lambda n: (n,), (1, 1), (2, 4), "nm")])
+def test_gemm_weights_are_rewritten_too(trans_b, beta, c_shape, block, nm, kind, rng):
+    """torch's nn.Linear on 2-D inputs exports as Gemm(x, W, b, transB=1): its B is the weight and
+    its C (times beta) the bias, fused with the ReLU after it."""
+    model = gemm_mlp(rng, 6, trans_b, beta, c_shape, block, nm)
+    compiled = sparsec.compile(model, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {f"sparse-weights.{kind}": 2}
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((6, 48)).astype(np.float32)})
+
+
+def test_a_gemm_that_is_not_x_at_w_plus_a_row_says_why(rng):
+    model = gemm_mlp(rng, 6, 1, 1.0, lambda n: (6, n))  # C a full [rows, N] matrix, not a bias row
+    compiled = sparsec.compile(model, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {}
+    assert all("C is not a constant row of biases" in note for note in compiled.report["notes"]["sparse-weights"])
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((6, 48)).astype(np.float32)})
