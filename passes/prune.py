@@ -1,4 +1,4 @@
-"""``prune`` (approximate, opt-in): magnitude pruning of MatMul / Gemm weights to a target
+"""``prune`` (approximate, opt-in): magnitude pruning of MatMul / Gemm / Conv weights to a target
 sparsity, so that a dense model can try sparsity in one command; the output error it causes is
 measured and reported, never hidden.
 
@@ -41,7 +41,7 @@ def parse_structure(text: str) -> tuple[tuple[int, int], tuple[int, int] | None]
 @register_pass
 class Prune(Pass):
     name = "prune"
-    description = "magnitude-prune MatMul/Gemm weights to a target sparsity (approximate: reports the output error)"
+    description = "magnitude-prune MatMul/Gemm/Conv weights to a target sparsity (approximate: reports the output error)"
     exact = False
     default = False
 
@@ -66,8 +66,7 @@ class Prune(Pass):
         pruned = []
         for node, weight, out_in in candidates:
             new = magnitude_prune(out_in, sparsity_of[id(weight)], block, nm)
-            array = new.T if out_in is not weight.const else new  # back to the stored orientation
-            weight.const = np.ascontiguousarray(array.astype(weight.const.dtype))
+            weight.const = np.ascontiguousarray(_as_stored(node, weight.const, new).astype(weight.const.dtype))
             pruned.append({"weight": weight.name, "node": node.name, "sparsity": round(float(1 - np.count_nonzero(new) / new.size), 4)})
             result.rewrites[self.name] += 1
         result.details["weights"] = pruned
@@ -79,7 +78,10 @@ class Prune(Pass):
     def _candidates(graph, min_size, block, nm, result):
         found, seen = [], set()
         for node in graph.walk():
-            if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+            if node.op_type not in ("MatMul", "Gemm", "Conv") or node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "Conv" and node.attr("group", 1) != 1:
+                result.notes.append(f"{node.name}: a grouped (depthwise) convolution, left dense")
                 continue
             weight = node.input(1)
             if weight is None or weight.const is None or id(weight) in seen or weight.const.dtype.kind != "f":
@@ -97,6 +99,15 @@ class Prune(Pass):
             seen.add(id(weight))
             found.append((node, weight, out_in))
         return found
+
+
+def _as_stored(node, stored: np.ndarray, out_in: np.ndarray) -> np.ndarray:
+    """An ``[out, in]`` weight back in the layout the op stores (the inverse of ``out_in_weight``)."""
+    if node.op_type == "Conv":
+        return out_in.reshape(stored.shape)
+    if node.op_type == "Gemm" and node.attr("transB", 0):
+        return out_in
+    return out_in.T
 
 
 def _global_sparsities(candidates, block, sparsity) -> dict:

@@ -103,17 +103,11 @@ def _measure(rows: int, k: int, n: int, fmt: SparseFormat, density: float, threa
 
     rng = np.random.default_rng(0)
     weight = fmt.random_weight(rng, n, k, density)  # [out, in]
-    dense = Graph("calibrate_dense")
-    x = dense.add_input("x", TensorType("float32", (rows, k)))
-    w = dense.add_constant(np.ascontiguousarray(weight.T), "w")
-    dense.outputs.append(dense.add_node("MatMul", [x, w]).outputs[0])
-    sparse = Graph("calibrate_sparse")
-    xs = sparse.add_input("x", TensorType("float32", (rows, k)))
-    sparse.outputs.append(fmt.add_node(sparse, xs, weight, None, "none", "sparse").outputs[0])
+    dense, sparse = fmt.calibration_graphs(rows, weight)
     for g in (dense, sparse):
         g.opset_imports.update({"": 17, "sparsec": 1})
     runs = {name: sparsec_compile(g, passes=[], num_threads=threads) for name, g in (("dense", dense), ("sparse", sparse))}
-    feeds = {"x": rng.standard_normal((rows, k)).astype(np.float32)}
+    feeds = {"x": rng.standard_normal(dense.inputs[0].type.shape).astype(np.float32)}
     budget = time.perf_counter()
     for compiled in runs.values():  # warm up
         compiled.run(feeds)

@@ -13,6 +13,7 @@ import numpy as np
 
 from sparsec.analysis.sparsity import SparsityInfo
 from sparsec.ir.graph import Graph, Node
+from sparsec.ir.types import TensorType
 from sparsec.ops import DOMAIN
 from sparsec.ops.sparse import to_bsr, to_nm
 
@@ -26,6 +27,7 @@ class SparseFormat:
     kind = ""  # the rewrite's name: sparse-weights.<kind>
     op_type = ""
     needs_static_rows = False
+    extra_attributes = {}  # noqa: RUF012 (read only) more attributes of the op
 
     @property
     def label(self) -> str:
@@ -50,8 +52,19 @@ class SparseFormat:
         consts = [graph.add_constant(array, f"{name}_bsr_{part}")
                   for array, part in ((data, "data"), (indices, "indices"), (indptr, "indptr"))]
         return graph.add_node(self.op_type, [x, *consts, *([bias] if bias is not None else [])],
-                              {"block": list(self.shape), "shape": list(out_in.shape), "activation": activation},
-                              domain=DOMAIN, name=name, before=before)
+                              {"block": list(self.shape), "shape": list(out_in.shape), "activation": activation,
+                               **self.extra_attributes}, domain=DOMAIN, name=name, before=before)
+
+    def calibration_graphs(self, rows: int, out_in: np.ndarray) -> tuple[Graph, Graph]:
+        """(the dense op this format replaces, its sparse op) on ``rows`` rows of input x, for the
+        cost model to time side by side: here ``x[rows, in] @ W``."""
+        dense = Graph("calibrate_dense")
+        x = dense.add_input("x", TensorType("float32", (rows, out_in.shape[1])))
+        dense.outputs.append(dense.add_node("MatMul", [x, dense.add_constant(np.ascontiguousarray(out_in.T), "w")]).outputs[0])
+        sparse = Graph("calibrate_sparse")
+        xs = sparse.add_input("x", TensorType("float32", (rows, out_in.shape[1])))
+        sparse.outputs.append(self.add_node(sparse, xs, out_in, None, "none", "sparse").outputs[0])
+        return dense, sparse
 
 
 class BSR(SparseFormat):
@@ -68,6 +81,31 @@ class CSR(SparseFormat):
 
     def describe(self) -> str:
         return "unstructured"
+
+
+class ChannelsCSR(CSR):
+    """A 1x1 convolution's weight over NCHW activations (``[N, in, pixels]``): the CSR kernel with
+    the pixels on the vector axis, no transposes."""
+
+    extra_attributes = {"layout": "channels"}
+
+    @property
+    def label(self) -> str:
+        return "conv1x1"  # (the cost model's cache key: not CSR's MatMul measurement)
+
+    def calibration_graphs(self, rows, out_in):
+        """A 1x1 Conv over an image of ``rows`` pixels (as square as ``rows`` factors) against the kernel."""
+        out, k = out_in.shape
+        height = max(d for d in range(1, int(np.sqrt(rows)) + 1) if rows % d == 0)
+        dense = Graph("calibrate_dense")
+        x = dense.add_input("x", TensorType("float32", (1, k, height, rows // height)))
+        w = dense.add_constant(np.ascontiguousarray(out_in.reshape(out, k, 1, 1)), "w")
+        dense.outputs.append(dense.add_node("Conv", [x, w], {"kernel_shape": [1, 1]}).outputs[0])
+        sparse = Graph("calibrate_sparse")
+        xs = sparse.add_input("x", TensorType("float32", (1, k, height, rows // height)))
+        flat = sparse.add_node("Reshape", [xs, sparse.add_constant(np.array([1, k, rows], np.int64), "flat")]).outputs[0]
+        sparse.outputs.append(self.add_node(sparse, flat, out_in, None, "none", "sparse").outputs[0])
+        return dense, sparse
 
 
 class NM(SparseFormat):

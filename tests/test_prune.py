@@ -89,3 +89,17 @@ def test_bad_prune_options_are_one_line_errors(option, message, tmp_path, capsys
     with pytest.raises(SystemExit) as done:
         main(["compile", str(path), "-o", str(tmp_path / "out"), "--passes", "prune", "-O", option])
     assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_prune_takes_convolutions_and_leaves_depthwise_ones(rng):
+    from sparsec.models.pruned import pruned_convnet
+
+    model = pruned_convnet(32, 64, layers=1, image=(6, 6), sparsity=0.0)
+    compiled = sparsec.compile(model, passes=["prune", "sparse-weights"],
+                               pass_options={"prune": {"sparsity": 0.8, "min_size": 1}, "sparse-weights": {"policy": "always"}})
+    assert compiled.report["rewrites"] == {"prune": 2, "sparse-weights.csr": 2}
+    pruned = {w["weight"]: w["sparsity"] for w in compiled.report["details"]["prune"]["weights"]}
+    assert set(pruned) == {"l0_expand", "l0_project"} and all(v == pytest.approx(0.8, abs=0.01) for v in pruned.values())
+    assert any("depthwise" in note for note in compiled.report["notes"]["prune"])
+    x = rng.standard_normal((1, 32, 6, 6)).astype(np.float32)
+    assert np.abs(compiled.run({"x": x})[0] - sparsec.backends.ort.run(model, {"x": x})[0]).max() > 1e-3  # approximate

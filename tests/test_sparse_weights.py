@@ -10,7 +10,7 @@ import sparsec
 from conftest import assert_matches_ort, cuda_source
 from sparsec.analysis.sparsity import analyze
 from sparsec.cli import main
-from sparsec.models.pruned import pruned_ffn
+from sparsec.models.pruned import pruned_convnet, pruned_ffn
 from sparsec.passes.pruning import magnitude_prune
 from sparsec.passes.sparse_cost import SparseCostModel, density_bucket, row_bucket
 from sparsec.passes.sparse_formats import BSR
@@ -316,3 +316,48 @@ def test_a_gemm_that_is_not_x_at_w_plus_a_row_says_why(rng):
     assert compiled.report["rewrites"] == {}
     assert all("C is not a constant row of biases" in note for note in compiled.report["notes"]["sparse-weights"])
     assert_matches_ort(compiled, model, {"x": rng.standard_normal((6, 48)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("batch, image, sparsity, block", [(1, (8, 8), 0.8, (1, 1)), (2, (7, 11), 0.9, (16, 1)),
+                                                          (1, (20, 20), 0.7, (1, 1))])
+def test_pointwise_convolutions_run_sparse_over_their_pixels(batch, image, sparsity, block, rng):
+    """1x1 convolutions (MobileNet's pointwise layers) run the CSR kernel with the pixels on the
+    vector axis, reading NCHW as it is: 77 and 400 pixels end in a partial vector tile; the
+    depthwise 3x3 between them stays dense; the ReLU after the expand layer is fused."""
+    model = pruned_convnet(32, 96, layers=2, image=image, batch=batch, sparsity=sparsity, block=block)
+    compiled = sparsec.compile(model, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {"sparse-weights.csr": 4}
+    rewritten = compiled.report["details"]["sparse-weights"]["rewritten"]
+    assert {(d["op"], d["block"]) for d in rewritten} == {("Conv", "conv1x1")}
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((batch, 32, *image)).astype(np.float32)})
+
+
+def test_convolutions_without_a_sparse_kernel_say_why(rng):
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = magnitude_prune(rng.standard_normal((16, 8 * 9)).astype(np.float32), 0.9).reshape(16, 8, 3, 3)
+    pointwise = magnitude_prune(rng.standard_normal((16, 8)).astype(np.float32), 0.9).reshape(16, 8, 1, 1)
+    nodes = [helper.make_node("Conv", ["x", "w3"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w1"], ["b"], kernel_shape=[1, 1], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 16, 6, 6]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 16, 3, 3])],
+                              [numpy_helper.from_array(weight, "w3"), numpy_helper.from_array(pointwise, "w1")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = sparsec.compile(model, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {}
+    notes = " ".join(compiled.report["notes"]["sparse-weights"])
+    assert "only 1x1 convolutions have a sparse kernel" in notes and "strides, padding" in notes
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((1, 8, 6, 6)).astype(np.float32)})
+    on_cuda = sparsec.compile(pruned_convnet(16, 32, image=(4, 4)), target="cuda", arch="sm_80", pass_options=ALWAYS)
+    assert on_cuda.report["rewrites"] == {}
+    assert all("no CSR kernel for 1x1 convolutions for cuda" in n for n in on_cuda.report["notes"]["sparse-weights"])
+
+
+def test_cost_model_times_the_dense_convolution_against_the_kernel():
+    from sparsec.passes.sparse_formats import ChannelsCSR
+
+    model = SparseCostModel(1)
+    dense, sparse = model.times(128, 64, 96, ChannelsCSR((1, 1)), 0.1)
+    assert dense > 0 and sparse > 0
+    assert any("|bconv1x1|" in key for key in json.loads(model.path.read_text()))

@@ -88,7 +88,11 @@ def analyze(weight: np.ndarray) -> SparsityInfo:
 
 
 def out_in_weight(op_type: str, weight: np.ndarray, attrs: dict) -> np.ndarray | None:
-    """The weight of a MatMul (``B[K, N]``) or Gemm (``transB``) as ``[out, in]``; None otherwise."""
+    """The weight of a MatMul (``B[K, N]``), Gemm (``transB``) or Conv (``[out, in, kh, kw]``,
+    seen as ``[out, in * kh * kw]``: the im2col view, so 1x1 convolutions are plain matrices) as
+    ``[out, in]``; None otherwise."""
+    if op_type == "Conv" and weight.ndim >= 3:
+        return weight.reshape(weight.shape[0], -1)
     if weight.ndim != 2:
         return None
     if op_type == "MatMul":

@@ -86,6 +86,21 @@ register_family(Family("pruned-ffn", _pruned_ffn,
                        "FFN stack (MatMul, ReLU, MatMul) with magnitude-pruned weights: block RxC (outputs x inputs) or N:M"))
 
 
+def _pruned_convnet(channels: int = 96, expand: int = 576, layers: int = 1, image: int = 14, batch: int = 1,
+                    sparsity: float = 0.9, block: str = "1x1", seed: int = 0):
+    from ..models.pruned import pruned_convnet
+
+    r, c = (int(v) for v in block.lower().split("x"))
+    return pruned_convnet(channels, expand, layers=layers, image=(image, image), batch=batch, sparsity=sparsity,
+                          block=(r, c), seed=seed)
+
+
+register_family(Family("pruned-convnet", _pruned_convnet,
+                       {"channels": 96, "expand": 576, "layers": 1, "image": 14, "batch": 1, "sparsity": 0.9, "block": "1x1",
+                        "seed": 0},
+                       "MobileNetV2-style inverted bottlenecks (1x1 expand, 3x3 depthwise, 1x1 project) with pruned 1x1 weights"))
+
+
 def _moe(hidden: int = 512, ffn: int = 2048, experts: int = 64, top_k: int = 2, tokens: int = 16,
          activation: str = "relu", layers: int = 1, seed: int = 0):
     from ..models.moe_layers import dense_masked_moe

@@ -3,8 +3,11 @@
 Inputs: x ``[..., in]``, data ``[blocks, C, R]`` (each R x C block stored transposed, so the R
 outputs of one input are contiguous), indices ``[blocks]`` (block column), indptr
 ``[out / R + 1]`` (int32), optional bias ``[out]``. Attributes: ``block = [R, C]``,
-``shape = [out, in]``, ``activation`` (``"none"`` or ``"relu"``, applied after the bias). The decomposition rebuilds the dense weight (scipy.sparse) so ONNX Runtime
-computes the same thing from standard ops.
+``shape = [out, in]``, ``activation`` (``"none"`` or ``"relu"``, applied after the bias),
+``layout``: ``"rows"`` (default, x ``[..., in]`` -> y ``[..., out]``) or ``"channels"`` (x
+``[N, in, M]`` -> y ``[N, out, M]``, ``y[n] = W @ x[n] + bias[:, None]``: a 1x1 convolution over
+flattened NCHW pixels, with no transposes). The decomposition rebuilds the dense weight
+(scipy.sparse) so ONNX Runtime computes the same thing from standard ops.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ def _infer(node: Node):
     out, _ = node.attr("shape")
     if not isinstance(x, TensorType) or x.shape is None:
         return [TensorType(x.dtype if isinstance(x, TensorType) else None, None)]
+    if node.attr("layout", "rows") == "channels":
+        return [TensorType(x.dtype, (x.shape[0], int(out), x.shape[2]))]
     return [TensorType(x.dtype, tuple(x.shape[:-1]) + (int(out),))]
 
 
@@ -48,8 +53,15 @@ def _decompose(node: Node) -> None:
 def _replace_with_dense(node: Node, out_in: np.ndarray, bias) -> None:
     """Rewrites a sparse MatMul node in place as the MatMul (+ Add, Relu) it equals."""
     graph = node.graph
-    weight = graph.add_constant(np.ascontiguousarray(out_in.T), node.name + "_dense")
-    result = graph.add_node("MatMul", [node.input(0), weight], name=node.name + "_matmul", before=node).outputs[0]
+    if node.attr("layout", "rows") == "channels":  # W [out, in] @ x [N, in, M]; the bias per output row
+        weight = graph.add_constant(np.ascontiguousarray(out_in), node.name + "_dense")
+        operands = [weight, node.input(0)]
+        if bias is not None:
+            bias = graph.add_constant(bias.const.reshape(-1, 1), node.name + "_bias_column")
+    else:
+        weight = graph.add_constant(np.ascontiguousarray(out_in.T), node.name + "_dense")
+        operands = [node.input(0), weight]
+    result = graph.add_node("MatMul", operands, name=node.name + "_matmul", before=node).outputs[0]
     if bias is not None:
         result = graph.add_node("Add", [result, bias], name=node.name + "_bias", before=node).outputs[0]
     if node.attr("activation", "none") == "relu":
