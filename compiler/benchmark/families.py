@@ -101,6 +101,28 @@ register_family(Family("pruned-convnet", _pruned_convnet,
                        "MobileNetV2-style inverted bottlenecks (1x1 expand, 3x3 depthwise, 1x1 project) with pruned 1x1 weights"))
 
 
+def _depthwise_conv(channels: int = 576, image: int = 14, kernel: int = 3, stride: int = 1, seed: int = 0):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    out = (image + 2 * (kernel // 2) - kernel) // stride + 1
+    weight = (rng.standard_normal((channels, 1, kernel, kernel)) / kernel).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(channels)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[kernel, kernel], pads=[kernel // 2] * 4,
+                              strides=[stride, stride], group=channels),
+             helper.make_node("Relu", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "depthwise_conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, image, image])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, channels, out, out])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+register_family(Family("depthwise-conv", _depthwise_conv, {"channels": 576, "image": 14, "kernel": 3, "stride": 1, "seed": 0},
+                       "one depthwise convolution (+ bias, ReLU) over [1, channels, image, image], 'same' padding"))
+
+
 def _moe(hidden: int = 512, ffn: int = 2048, experts: int = 64, top_k: int = 2, tokens: int = 16,
          activation: str = "relu", layers: int = 1, seed: int = 0):
     from ..models.moe_layers import dense_masked_moe

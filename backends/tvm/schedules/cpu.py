@@ -412,6 +412,13 @@ class CPUConv(_CPURule):
         # (A row narrower than a vector is one vector of its width, as before.)
         xv = x_extent if x_extent < lanes else next(v for v in (lanes, 8, 4, 2, 1) if v <= lanes and x_extent % v == 0)
         fr, xm = _conv_tile(f_extent, x_extent, xv, _vector_registers(target))
+        # Depthwise (one input channel per output channel): each channel of the tile reads its own
+        # input rows, so channels share nothing and the tile should span the row instead.
+        depthwise = _static(sch.get(rc).extent) == 1
+        padded_width = _static(sch.get(padded[0]).writes[0].source.shape[-1]) if padded else None
+        unit_stride = padded_width is not None and padded_width == x_extent + _static(sch.get(rx).extent) - 1
+        if depthwise and unit_stride:
+            xv, fr, xm = _depthwise_tile(f_extent, x_extent, lanes, xv)
         packed = _pack_conv_weights(sch, func, main, fr) if fr > 1 else None
         fo, fi = sch.split(f, [None, fr])
         xo, xm_loop, xi = sch.split(x, [None, xm, xv])
@@ -432,7 +439,15 @@ class CPUConv(_CPURule):
             sch.reverse_compute_at(tile, xo)
             _fuse_epilogue(sch, tile, xo)
             first = rc
-        _parallel(sch, sch.fuse(n, fo, y))
+        # A depthwise tile's padded input is its own channels: padded per channel tile inside the
+        # parallel loop (in L1, no pass of its own) when there are tiles enough to share out.
+        tiles = (_static(sch.get(n).extent) or 0) * (f_extent // fr)
+        local_pad = depthwise and bool(padded) and tiles >= 16
+        if local_pad:
+            outer = sch.fuse(n, fo)
+            _parallel(sch, outer)
+        else:
+            _parallel(sch, sch.fuse(n, fo, y))
         sch.unroll(fi)
         sch.unroll(xm_loop)
         _try(sch.vectorize, xi)
@@ -442,6 +457,10 @@ class CPUConv(_CPURule):
         if len(write_loops) >= 2:
             _try(sch.vectorize, write_loops[-1])
         for block in padded:
+            if local_pad:
+                sch.compute_at(block, outer)
+                _try(sch.vectorize, sch.get_loops(block)[-1])  # the border lanes stay guarded
+                continue
             pad_loops = sch.get_loops(block)
             if len(pad_loops) >= 2:
                 _parallel(sch, sch.fuse(*pad_loops[:-1]))
@@ -484,6 +503,22 @@ def _conv_channel_chunk(channels, ky, kx, width, fr) -> int | None:
     fits = max(1, _L1_BYTES // 4 // per_channel)
     chunk = max(d for d in range(1, min(fits, channels) + 1) if channels % d == 0)
     return chunk if chunk < channels else None
+
+
+def _depthwise_tile(channels: int, width: int, lanes: int, vector: int) -> tuple[int, int, int]:
+    """(XV, FR, XM) for a unit-stride depthwise convolution: two channels (each with its own input
+    rows and weights) by the whole output row, as whole vectors where the row splits into them,
+    else as one vector of the row's width up to 4 vectors (LLVM splits a 14-wide one into 8-, 4-
+    and 2-lane pieces). The general tile took 8 channels x 2-lane vectors for rows of 14: 16
+    loads per 8 FMAs of 2 lanes. Side by side on Zen 3, 3x3 over 576 channels at 14x14: 0.36 ->
+    0.17 ms (ORT 0.20) with the padding done per channel tile as well."""
+    fr = 2 if channels % 2 == 0 else 1
+    if width % lanes == 0:
+        vectors = width // lanes
+        return lanes, fr, next(xm for xm in (4, 3, 2, 1) if vectors % xm == 0)
+    if lanes < width <= 4 * lanes:
+        return width, fr, 1
+    return vector, fr, 1
 
 
 def _conv_tile(channels: int, width: int, vector: int, registers: int = 32) -> tuple[int, int]:
