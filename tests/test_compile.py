@@ -547,3 +547,25 @@ def test_run_time_sizes_are_refused_at_compile_time(op, inputs, why):
                  [numpy_helper.from_array(np.array([0, 1], np.float32), "vals")])
     with pytest.raises(sparsec.CompileError, match=f"{op} \\(node 'sized'.*{why}"):
         sparsec.compile(model)
+
+
+@pytest.mark.parametrize("channels, size, k, stride, batch", [
+    (6, 14, 3, 1, 3),     # rows of 14: one 14-wide vector (8 + 4 + 2 lanes), padded per channel tile
+    (5, 16, 3, 1, 4),     # odd channel count: one channel per tile; rows of whole vectors
+    (32, 7, 3, 1, 1),     # rows narrower than a vector
+    (16, 20, 5, 1, 1),    # 5x5
+    (16, 28, 3, 2, 1),    # stride 2, even padded width: even and odd columns stored apart
+    (16, 27, 3, 2, 1),    # stride 2, odd padded width: read strided
+    (48, 40, 3, 1, 1),    # rows of more than 4 vectors
+])
+def test_depthwise_tiles(channels, size, k, stride, batch, rng):
+    """The depthwise tile (two channels by a whole row), its per-tile padding and the stride-2
+    column split, against ORT on every edge: odd channels, rows not whole vectors, batch > 1."""
+    w = numpy_helper.from_array((rng.standard_normal((channels, 1, k, k)) / k).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b")
+    out = (size + 2 * (k // 2) - k) // stride + 1
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[k // 2] * 4, group=channels, strides=[stride] * 2),
+             helper.make_node("Relu", ["c"], ["y"])]
+    shape = [batch, channels, size, size]
+    model = make(nodes, [f32("x", shape)], [f32("y", [batch, channels, out, out])], [w, b])
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal(shape).astype(np.float32)})
