@@ -26,7 +26,7 @@ from sparsec.backends.tvm.targets import CPU_TARGETS
 from sparsec.ir.graph import Graph
 from sparsec.passmanager import Pass, PassContext, PassResult, register_pass
 
-from .sparse_cost import SparseCostModel, row_bucket
+from .sparse_cost import SparseCostModel
 from .sparse_formats import format_of
 from .sparse_sites import Site, site_of
 
@@ -96,7 +96,7 @@ class SparseWeights(Pass):
                       "format": fmt.kind, "block": fmt.label, "sparsity": round(info.sparsity, 4)}
             if policy == "auto":
                 cost = cost or SparseCostModel(ctx.options.get("num_threads"))
-                bucket = row_bucket(site.rows if site.rows is not None else int(options.get("rows", 32)))
+                bucket = fmt.rows_bucket(site.rows if site.rows is not None else int(options.get("rows", 32)))
                 speedup = cost.predicted_speedup(bucket, site.out_in.shape[1], site.out_in.shape[0], fmt, fmt.work(info))
                 detail.update(rows=bucket, predicted_speedup=round(speedup, 2))
                 if speedup < float(options.get("min_speedup", 1.1)):
