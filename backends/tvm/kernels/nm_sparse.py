@@ -27,7 +27,7 @@ from tvm.script import tirx as T
 from ....ir.graph import Node
 from ..lower import register_lowering
 from ..targets import host_cpu_flags, host_vector_lanes, host_vector_registers
-from .sparse import _epilogue, _rows_of, balanced_chunks
+from .sparse import _epilogue, _rows_of, balanced_chunks, row_tiles
 
 # LLVM's lane permute of a float vector by an int32 vector, by lanes.
 PERMUTES = {8: ("llvm.x86.avx2.permps", "avx2"), 16: ("llvm.x86.avx512.permvar.sf.512", "avx512f")}
@@ -85,11 +85,7 @@ def nm_kernel(rows, k: int, out: int, n: int, m: int, lanes: int, permute: str |
     padded = panels * lanes
     chunks, per_chunk = balanced_chunks(panels, 64)
     epilogue = _epilogue(relu)
-    static = isinstance(rows, int)
-    full = rows // mr * mr
-    tail = max(1, rows % mr) if static else 1
-    tail_tiles = int(rows % mr > 0) if static else 0
-    single_rows = 0 if static else rows - full
+    full, tail, tail_tiles, single_rows = row_tiles(rows, mr)
     vec = f"float32x{lanes}"
 
     @T.macro

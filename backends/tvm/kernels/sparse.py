@@ -38,6 +38,17 @@ def _epilogue(relu: bool):
     return (lambda v: T.max(v, T.float32(0))) if relu else (lambda v: v)
 
 
+def row_tiles(m, mr: int) -> tuple:
+    """How ``m`` rows (an int, or a symbolic expression) split into register tiles of ``mr``:
+    (rows in full tiles, rows of the tail tile, tail tiles (0 or 1), rows left one at a time).
+    Rows past the last full tile: with m known, one unrolled tile of m % mr rows (a row at a
+    time ran 2 of 32 rows at a third of the speed); with m symbolic, a row at a time."""
+    full = m // mr * mr
+    if isinstance(m, int):
+        return full, max(1, m % mr), int(m % mr > 0), 0
+    return full, 1, 0, m - full
+
+
 def balanced_chunks(items: int, most: int) -> tuple[int, int]:
     """(chunks, items per chunk): at most ``most`` chunks, each but possibly the last full. The
     thread pool hands each thread a contiguous run of chunks, so empty trailing chunks would
@@ -58,13 +69,7 @@ def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool 
     chunks, per_chunk = balanced_chunks(block_rows, 64)
 
     epilogue = _epilogue(relu)
-    # Rows past the last full tile: with m known, one unrolled tile of m % mr rows (a row at a
-    # time ran 2 of 32 rows at a third of the speed); with m symbolic, a row at a time.
-    full = m // mr * mr
-    static = isinstance(m, int)
-    tail = max(1, m % mr) if static else 1
-    tail_tiles = int(m % mr > 0) if static else 0
-    single_rows = 0 if static else m - full
+    full, tail, tail_tiles, single_rows = row_tiles(m, mr)
 
     @T.macro
     def tile(x, data, indices, indptr, bias, y, acc, rb, base, rows):
