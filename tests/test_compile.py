@@ -553,7 +553,8 @@ def test_run_time_sizes_are_refused_at_compile_time(op, inputs, why):
     (6, 14, 3, 1, 3),     # rows of 14: one 14-wide vector (8 + 4 + 2 lanes), padded per channel tile
     (5, 16, 3, 1, 4),     # odd channel count: one channel per tile; rows of whole vectors
     (32, 7, 3, 1, 1),     # rows narrower than a vector
-    (16, 20, 5, 1, 1),    # 5x5
+    (16, 20, 5, 1, 1),    # 5x5: two output rows per tile
+    (8, 15, 5, 1, 2),     # 5x5 with an odd row count: a row per tile
     (16, 28, 3, 2, 1),    # stride 2, even padded width: even and odd columns stored apart
     (16, 27, 3, 2, 1),    # stride 2, odd padded width: read strided
     (48, 40, 3, 1, 1),    # rows of more than 4 vectors

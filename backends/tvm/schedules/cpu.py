@@ -441,6 +441,20 @@ class CPUConv(_CPURule):
             sch.reverse_compute_at(tile, y)
             _fuse_epilogue(sch, tile, y)
             first = rco
+        elif depthwise and (_static(sch.get(ry).extent) or 0) >= 5 and (_static(sch.get(y).extent) or 1) % 2 == 0:
+            # Two output rows per tile, the kernel window unrolled: a 5x5 window's input rows
+            # serve both rows from registers (4 of each row's 5 are shared). Side by side on
+            # Zen 3: 192 channels at 20x20 0.26-0.28 -> 0.17-0.19 ms (ORT 0.20-0.22), 96 at
+            # 40x40 0.235 -> 0.183, 240 at 10x10 0.114 -> 0.085; 3x3 windows gained nothing.
+            y, yi = sch.split(y, [None, 2])
+            sch.reorder(n, fo, y, xo, rc, ry, rx, yi, fi, xm_loop, xi)
+            tile = sch.cache_write(main, 0, "local")
+            sch.reverse_compute_at(tile, xo)
+            _fuse_epilogue(sch, tile, xo)
+            first = rc
+            sch.unroll(ry)
+            sch.unroll(rx)
+            sch.unroll(yi)
         else:
             sch.reorder(n, fo, y, xo, rc, ry, rx, fi, xm_loop, xi)
             tile = sch.cache_write(main, 0, "local")
