@@ -47,7 +47,7 @@ def _half_of(value: Value) -> tuple[Value, int] | None:
     as ``u[..., :W/2]`` / ``u[..., W/2:]`` (Slice, the TorchScript exporter) or as the outputs of
     a Split in two equal parts (the dynamo exporter's ``chunk``); else None."""
     node = value.producer
-    if node is None or node.domain not in ("", "ai.onnx"):
+    if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("Slice", "Split"):
         return None
     shape = shape_of(node.input(0))
     if shape is None or not isinstance(shape[-1], int) or shape[-1] % 2:
@@ -398,10 +398,11 @@ def _batched_linear(value: Value) -> tuple[np.ndarray, np.ndarray | None, Value,
     squeeze = producer(value, "Squeeze")
     mm = producer(squeeze.input(0), "MatMul")
     left, right = mm.input(0), mm.input(1)
-    if _gathered_rows(left) is not None:
-        gathered, vector, vector_axis, squeeze_axes, transpose = _gathered_rows(left), right, ([-1], [2]), ([-1], [2]), True
-    elif _gathered_rows(right) is not None:
-        gathered, vector, vector_axis, squeeze_axes, transpose = _gathered_rows(right), left, ([1],), ([1],), False
+    on_left, on_right = _gathered_rows(left), _gathered_rows(right)
+    if on_left is not None:
+        gathered, vector, vector_axis, squeeze_axes, transpose = on_left, right, ([-1], [2]), ([-1], [2]), True
+    elif on_right is not None:
+        gathered, vector, vector_axis, squeeze_axes, transpose = on_right, left, ([1],), ([1],), False
     else:
         raise Mismatch("neither side of the batched MatMul gathers expert weights along the expert axis")
     table, ids = gathered
@@ -452,7 +453,7 @@ def _repeated_rows(rows: Value, k: int) -> Value:
         raise Mismatch(f"tokens are repeated by {tile.op_type} {list(np.ravel(repeats))}, not [1, {k}, 1]")
     unsqueeze = producer(tile.input(0), "Unsqueeze")
     if ints(unsqueeze, 1, "axes") != [1]:
-        raise Mismatch("tokens are not unsqueezed on axis 1 before the Tile")
+        raise Mismatch(f"tokens are not unsqueezed on axis 1 before the {tile.op_type}")
     return unsqueeze.input(0)
 
 

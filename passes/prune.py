@@ -80,10 +80,14 @@ class Prune(Pass):
         for node in graph.walk():
             if node.op_type not in ("MatMul", "Gemm", "Conv") or node.domain not in ("", "ai.onnx"):
                 continue
-            if node.op_type == "Conv" and node.attr("group", 1) != 1:
-                result.notes.append(f"{node.name}: a grouped (depthwise) convolution, left dense")
-                continue
             weight = node.input(1)
+            if node.op_type == "Conv" and weight is not None and weight.const is not None and \
+                    (node.attr("group", 1) != 1 or weight.const.shape[2:] != (1, 1)):
+                # Only 1x1 convolutions have a sparse kernel: pruning the others would cost
+                # accuracy for no speed (and take a share of a global sparsity budget).
+                result.notes.append(f"{node.name}: a {'grouped' if node.attr('group', 1) != 1 else 'spatial'} "
+                                    "convolution has no sparse kernel, left dense")
+                continue
             if weight is None or weight.const is None or id(weight) in seen or weight.const.dtype.kind != "f":
                 continue
             out_in = out_in_weight(node.op_type, weight.const, {"transB": node.attr("transB", 0)})

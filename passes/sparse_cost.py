@@ -2,8 +2,8 @@
 
 For a layer shape (rows M, inputs K, outputs N), sparse format (BSR block shape, CSR, N:M),
 density and thread count, it times the dense TVM MatMul and the sparse kernel on a weight of that
-format with that many blocks kept at random positions, side by side (fastest run of three interleaved rounds). Densities are calibrated at a
-few buckets (the smallest at or above the layer's); the sparse time is scaled from the bucket to
+format with that many blocks kept at random positions (an N:M weight is always N of M), side
+by side (fastest run of three interleaved rounds). Densities are calibrated at a few buckets (the smallest at or above the layer's); the sparse time is scaled from the bucket to
 the layer's density, and the rewrite is taken only when ``dense / sparse`` is above
 ``1 + margin``. (Timing the kernel with every block present and scaling that down was wrong for
 CSR: a full row is read in order, a half-empty one is a random gather, and on a Zen 3 host it
@@ -50,9 +50,11 @@ def kernels_fingerprint() -> str:
     from sparsec.backends.tvm.kernels import nm_sparse, sparse
     from sparsec.backends.tvm.tuning import schedules_fingerprint
 
+    from . import sparse_formats  # (what each format times: its calibration graphs)
+
     digest = hashlib.sha256(schedules_fingerprint().encode())
-    for kernels in (sparse, nm_sparse):
-        digest.update(Path(kernels.__file__).read_bytes())
+    for source in (sparse, nm_sparse, sparse_formats):
+        digest.update(Path(source.__file__).read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -1,8 +1,8 @@
 """The sparse weight formats ``sparse-weights`` rewrites into, each with its op and kernel.
 
-A format knows how to tell whether a weight fits it, how much of the dense work its kernel does,
-how to build a random weight of its kind (the cost model times one) and how to emit its op. The
-pass and the cost model look formats up here; a new format is one more class in ``FORMATS``.
+A format knows how much of the dense work its kernel does, how to build a random weight of its
+kind and the dense and sparse graphs the cost model times, and how to emit its op;
+``format_of`` picks the one that fits a weight. A new format is one more class here.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ class Site:
             batch, channels, height, width = x.type.shape
             x = g.add_node("Reshape", [x, g.add_constant(np.array([batch, channels, height * width], np.int64), f"{node.name}_flat")],
                            name=f"{node.name}_flatten", before=node).outputs[0]
+            x.type = TensorType("float32", (batch, channels, height * width))
         sparse = fmt.add_node(g, x, self.out_in, bias, activation, f"{node.name}_{fmt.kind}", before=node)
         result = sparse.outputs[0]
         last = absorbed[-1] if absorbed else node
@@ -94,7 +95,8 @@ def _gemm(node: Node) -> Site | str | None:
     out_in = weight if node.attr("transB", 0) else weight.T
     if node.attr("transA", 0) or node.attr("alpha", 1.0) != 1.0:
         return "the Gemm has transA or alpha != 1"
-    bias = _bias_row(node.input(2) if len(node.inputs) > 2 else None, out_in.shape[0], node.attr("beta", 1.0))
+    beta = node.attr("beta", 1.0)  # beta 0: C is ignored (ORT does not read it, inf and NaN included)
+    bias = _bias_row(node.input(2) if len(node.inputs) > 2 and beta != 0.0 else None, out_in.shape[0], beta)
     if isinstance(bias, str):
         return f"the Gemm's C {bias}"
     return Site(node, out_in, bias, _rows(node.input(0)))
@@ -126,6 +128,8 @@ def _conv(node: Node) -> Site | str | None:
 def _bias_row(value: Value | None, n: int, scale: float) -> np.ndarray | str | None:
     if value is None:
         return None
+    if value.const is not None and value.const.size == 1 and value.const.ndim <= 2:  # one bias for all
+        return np.full(n, np.float32(scale) * value.const.ravel()[0], np.float32)
     if value.const is None or value.const.size != n or value.const.shape[-1:] != (n,) or value.const.ndim > 2:
         return "is not a constant row of biases"
     return (np.float32(scale) * value.const.reshape(n)).astype(np.float32)

@@ -202,6 +202,7 @@ def test_conv_block(rng):
     (96, 24, 3, (3, 80), 1),    # input rows beyond L1: the reduction in chunks of channels
     (24, 24, 3, (4, 20), 1),    # rows of 20: 4-wide vectors, no predicated tail
     (16, 16, 5, (6, 10), 16),   # depthwise 5x5, rows of 10
+    (1, 16, 3, (12, 12), 1),    # one input channel shared by every output: not depthwise
 ])
 def test_conv_tiles(cin, cout, k, size, group, rng):
     """Every convolution tile shape and the 1x1 hand-off to the GEMM rule, with the epilogue fused."""

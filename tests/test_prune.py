@@ -100,6 +100,20 @@ def test_prune_takes_convolutions_and_leaves_depthwise_ones(rng):
     assert compiled.report["rewrites"] == {"prune": 2, "sparse-weights.csr": 2}
     pruned = {w["weight"]: w["sparsity"] for w in compiled.report["details"]["prune"]["weights"]}
     assert set(pruned) == {"l0_expand", "l0_project"} and all(v == pytest.approx(0.8, abs=0.01) for v in pruned.values())
-    assert any("depthwise" in note for note in compiled.report["notes"]["prune"])
+    assert any("grouped convolution has no sparse kernel" in note for note in compiled.report["notes"]["prune"])
     x = rng.standard_normal((1, 32, 6, 6)).astype(np.float32)
     assert np.abs(compiled.run({"x": x})[0] - sparsec.backends.ort.run(model, {"x": x})[0]).max() > 1e-3  # approximate
+
+
+def test_prune_leaves_spatial_convolutions_dense(rng):
+    """Only 1x1 convolutions have a sparse kernel: pruning a 3x3 one would cost accuracy for nothing."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], "c",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, report, weights = pruned_graph(model, sparsity=0.8, min_size=1)
+    assert report["rewrites"] == {} and np.count_nonzero(weights["w"]) == weights["w"].size
+    assert any("spatial convolution has no sparse kernel" in note for note in report["notes"]["prune"])

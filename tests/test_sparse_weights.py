@@ -310,6 +310,24 @@ def test_gemm_weights_are_rewritten_too(trans_b, beta, c_shape, block, nm, kind,
     assert_matches_ort(compiled, model, {"x": rng.standard_normal((6, 48)).astype(np.float32)})
 
 
+def test_gemm_c_scalar_and_beta_zero(rng):
+    """A one-element C is one bias for every output; with beta 0, C is not read at all (ORT
+    ignores it, infinities included), so the rewrite must not fold 0 * inf into NaN."""
+    scalar = gemm_mlp(rng, 4, 1, 1.0, lambda n: (1,))
+    compiled = sparsec.compile(scalar, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {"sparse-weights.bsr": 2}
+    assert_matches_ort(compiled, scalar, {"x": rng.standard_normal((4, 48)).astype(np.float32)})
+    ignored = sparsec.load(gemm_mlp(rng, 4, 1, 0.0, lambda n: (n,)))
+    for name in ("c0", "c1"):
+        ignored.initializers[name].const = np.full_like(ignored.initializers[name].const, np.inf)
+    model = sparsec.to_onnx(ignored)
+    compiled = sparsec.compile(model, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {"sparse-weights.bsr": 2}
+    out = compiled.run({"x": rng.standard_normal((4, 48)).astype(np.float32)})[0]
+    assert np.isfinite(out).all()
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((4, 48)).astype(np.float32)})
+
+
 def test_a_gemm_that_is_not_x_at_w_plus_a_row_says_why(rng):
     model = gemm_mlp(rng, 6, 1, 1.0, lambda n: (6, n))  # C a full [rows, N] matrix, not a bias row
     compiled = sparsec.compile(model, pass_options=ALWAYS)

@@ -6,6 +6,7 @@ every combination of the values given and plots the speed-up against the first s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,6 +91,8 @@ def _pruned_convnet(channels: int = 96, expand: int = 576, layers: int = 1, imag
                     sparsity: float = 0.9, block: str = "1x1", seed: int = 0):
     from ..models.pruned import pruned_convnet
 
+    if not re.fullmatch(r"\d+x\d+", block.lower()):
+        raise ValueError(f"pruned-convnet: block must look like 1x1 or 16x1 (outputs x inputs), got {block!r}")
     r, c = (int(v) for v in block.lower().split("x"))
     return pruned_convnet(channels, expand, layers=layers, image=(image, image), batch=batch, sparsity=sparsity,
                           block=(r, c), seed=seed)

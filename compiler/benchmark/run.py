@@ -209,5 +209,9 @@ def sweep_cases(family: str, grid: dict[str, list]) -> list[ModelCase]:
     for values in itertools.product(*(grid[k] for k in keys)):
         params = dict(zip(keys, values))
         label = family + " " + " ".join(f"{k}={v}" for k, v in params.items())
-        cases.append(ModelCase(label.strip(), fam.build(**params), params))
+        try:
+            model = fam.build(**params)
+        except (ValueError, TypeError) as err:  # a builder's refusal of the swept values
+            raise SparsecError(f"family {family!r} cannot build {params}: {err}") from None
+        cases.append(ModelCase(label.strip(), model, params))
     return cases

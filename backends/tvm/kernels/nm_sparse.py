@@ -68,7 +68,7 @@ def pack_panels(values: np.ndarray, positions: np.ndarray, n: int, m: int, lanes
     return packed[0].astype(np.float32), packed[1].astype(np.uint8)
 
 
-def row_tile(lanes: int, registers: int) -> int:
+def row_tile(registers: int) -> int:
     """Activation rows per register tile: an accumulator and an x window per row, plus the
     value, offsets and permuted vector. AVX2 (16 registers): 4; AVX-512: 8."""
     return max(1, min(8, (registers - 4) // 2 - 2))
@@ -226,7 +226,7 @@ def lower_nm_sparse(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dic
     static = isinstance(rows, int)
     relu = node.attr("activation", "none") == "relu"
     permute = target_permute(lanes) if use_permute else None
-    mr = row_tile(lanes, host_vector_registers())
+    mr = row_tile(host_vector_registers())
     kernel = nm_kernel(rows if static else tvm.tirx.Var("m", "int64"), k, out, n, m, lanes, permute, relu, mr)
     name = f"nm{n}{m}_matmul_{rows if static else 'dyn'}x{k}x{out}{'_relu' if relu else ''}"
     gv = bb.add_func(kernel, name)

@@ -375,7 +375,8 @@ def _finish_gemm(sch: s_tir.Schedule, target: Target, main, k, tile, packed: str
 class CPUConv(_CPURule):
     """2-D convolution (NCHW, grouped and depthwise included): out[n, f, y, x] summed over
     (c, ky, kx). Tiles FR output channels x one vector of output columns in registers, with the
-    reduction loops outside the tile; parallel over (n, channel tiles, rows); epilogue fused."""
+    reduction loops outside the tile; parallel over (n, channel tiles, rows), or (n, channel
+    tiles) for a depthwise convolution padded per tile; epilogue fused."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target):
         sch = s_tir.Schedule(func)
@@ -414,8 +415,9 @@ class CPUConv(_CPURule):
         fr, xm = _conv_tile(f_extent, x_extent, xv, _vector_registers(target))
         # Depthwise (one input channel per output channel): each channel of the tile reads its own
         # input rows, so channels share nothing and the tile should span the row instead.
-        depthwise = _static(sch.get(rc).extent) == 1
-        stride = _column_stride(stmt, padded[0] if len(padded) == 1 else None, sch)
+        pad_block = padded[0] if len(padded) == 1 else None
+        depthwise = _static(sch.get(rc).extent) == 1 and _channel_follows_output(stmt, pad_block, sch)
+        stride = _column_stride(stmt, pad_block, sch)
         if depthwise and stride == 2 and _padded_even(sch, padded[0]):
             # Stride 2 reads every other input column: a gather per lane. The padded input is
             # stored as even and odd columns apart ([.., W] -> [.., 2, W / 2]), so each kernel
@@ -425,7 +427,8 @@ class CPUConv(_CPURule):
             # 144 at 56x56 0.34 -> 0.39 (ORT 1.33, 0.56, 0.13, 0.11, 0.24: still ahead).
             sch.transform_layout(padded[0], ("write", 0), lambda *i: (*i[:-1], i[-1] % 2, i[-1] // 2))
             stride = 1
-        if depthwise and stride == 1:
+        row_tile = depthwise and stride == 1
+        if row_tile:
             xv, fr, xm = _depthwise_tile(f_extent, x_extent, lanes, xv)
         packed = _pack_conv_weights(sch, func, main, fr) if fr > 1 else None
         fo, fi = sch.split(f, [None, fr])
@@ -441,11 +444,13 @@ class CPUConv(_CPURule):
             sch.reverse_compute_at(tile, y)
             _fuse_epilogue(sch, tile, y)
             first = rco
-        elif depthwise and (_static(sch.get(ry).extent) or 0) >= 5 and (_static(sch.get(y).extent) or 1) % 2 == 0:
+        elif row_tile and 5 <= (_static(sch.get(ry).extent) or 0) <= 7 and (_static(sch.get(y).extent) or 1) % 2 == 0 \
+                and 2 * fr * xm * -(-xv // lanes) <= _vector_registers(target) // 2:
             # Two output rows per tile, the kernel window unrolled: a 5x5 window's input rows
             # serve both rows from registers (4 of each row's 5 are shared). Side by side on
             # Zen 3: 192 channels at 20x20 0.26-0.28 -> 0.17-0.19 ms (ORT 0.20-0.22), 96 at
             # 40x40 0.235 -> 0.183, 240 at 10x10 0.114 -> 0.085; 3x3 windows gained nothing.
+            # (At most 7x7 windows, unrolled, and accumulators within half the registers.)
             y, yi = sch.split(y, [None, 2])
             sch.reorder(n, fo, y, xo, rc, ry, rx, yi, fi, xm_loop, xi)
             tile = sch.cache_write(main, 0, "local")
@@ -531,6 +536,17 @@ def _padded_even(sch, pad_block) -> bool:
     """Whether the padded input's rows have an even width (so they split into two halves)."""
     width = _static(sch.get(pad_block).writes[0].source.shape[-1])
     return width is not None and width % 2 == 0
+
+
+def _channel_follows_output(stmt, pad_block, sch) -> bool:
+    """Whether the convolution reads input channel f for output channel f (depthwise), not a
+    channel shared by all outputs (a one-channel image under a group-1 convolution)."""
+    if pad_block is None:
+        return False
+    source = sch.get(pad_block).writes[0].source
+    output_channel = stmt.iter_vars[1].var
+    return any(_coefficient(region.region[1].min, output_channel) == 1
+               for region in stmt.reads if region.source.same_as(source))
 
 
 def _column_stride(stmt, pad_block, sch) -> int | None:
