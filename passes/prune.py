@@ -1,4 +1,4 @@
-"""``prune`` (approximate, opt-in): magnitude pruning of MatMul / Gemm / Conv weights to a target
+"""``prune`` (approximate, opt-in): magnitude pruning of MatMul / Gemm / 1x1 Conv weights to a target
 sparsity, so that a dense model can try sparsity in one command; the output error it causes is
 measured and reported, never hidden.
 
@@ -41,7 +41,7 @@ def parse_structure(text: str) -> tuple[tuple[int, int], tuple[int, int] | None]
 @register_pass
 class Prune(Pass):
     name = "prune"
-    description = "magnitude-prune MatMul/Gemm/Conv weights to a target sparsity (approximate: reports the output error)"
+    description = "magnitude-prune MatMul/Gemm/1x1 Conv weights to a target sparsity (approximate: reports the output error)"
     exact = False
     default = False
 

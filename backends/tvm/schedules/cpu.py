@@ -445,12 +445,13 @@ class CPUConv(_CPURule):
             _fuse_epilogue(sch, tile, y)
             first = rco
         elif row_tile and 5 <= (_static(sch.get(ry).extent) or 0) <= 7 and (_static(sch.get(y).extent) or 1) % 2 == 0 \
-                and 2 * fr * xm * -(-xv // lanes) <= _vector_registers(target) // 2:
+                and 2 * fr * xm * -(-xv // lanes) <= _vector_registers(target) * 3 // 4:
             # Two output rows per tile, the kernel window unrolled: a 5x5 window's input rows
             # serve both rows from registers (4 of each row's 5 are shared). Side by side on
             # Zen 3: 192 channels at 20x20 0.26-0.28 -> 0.17-0.19 ms (ORT 0.20-0.22), 96 at
             # 40x40 0.235 -> 0.183, 240 at 10x10 0.114 -> 0.085; 3x3 windows gained nothing.
-            # (At most 7x7 windows, unrolled, and accumulators within half the registers.)
+            # (At most 7x7 windows, unrolled, and accumulators within 3/4 of the registers, as
+            # _conv_tile: 12 on AVX2, the 2 x 2 x 3-vector tile of the rows of 20 above.)
             y, yi = sch.split(y, [None, 2])
             sch.reorder(n, fo, y, xo, rc, ry, rx, yi, fi, xm_loop, xi)
             tile = sch.cache_write(main, 0, "local")
