@@ -53,24 +53,32 @@ class SparseFormat:
         kept = rng.random((out // r, k // c)) < density
         return weight * np.repeat(np.repeat(kept, r, axis=0), c, axis=1)
 
-    def add_node(self, graph: Graph, x, out_in: np.ndarray, bias, activation: str, name: str, before: Node | None = None) -> Node:
+    def stored(self, out_in: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The op's constant operands after x, named: the BSR arrays."""
         data, indices, indptr = to_bsr(out_in, self.shape)
-        consts = [graph.add_constant(array, f"{name}_bsr_{part}")
-                  for array, part in ((data, "data"), (indices, "indices"), (indptr, "indptr"))]
+        return [("bsr_data", data), ("bsr_indices", indices), ("bsr_indptr", indptr)]
+
+    def attributes(self, out_in: np.ndarray) -> dict:
+        return {"block": list(self.shape), "shape": list(out_in.shape), **self.extra_attributes}
+
+    def add_node(self, graph: Graph, x, out_in: np.ndarray, bias, activation: str, name: str, before: Node | None = None) -> Node:
+        consts = [graph.add_constant(array, f"{name}_{part}") for part, array in self.stored(out_in)]
         return graph.add_node(self.op_type, [x, *consts, *([bias] if bias is not None else [])],
-                              {"block": list(self.shape), "shape": list(out_in.shape), "activation": activation,
-                               **self.extra_attributes}, domain=DOMAIN, name=name, before=before)
+                              {**self.attributes(out_in), "activation": activation}, domain=DOMAIN, name=name, before=before)
 
     def calibration_graphs(self, rows: int, out_in: np.ndarray) -> tuple[Graph, Graph]:
         """(the dense op this format replaces, its sparse op) on ``rows`` rows of input x, for the
         cost model to time side by side: here ``x[rows, in] @ W``."""
-        dense = Graph("calibrate_dense")
-        x = dense.add_input("x", TensorType("float32", (rows, out_in.shape[1])))
+        dense, x = _calibration_graph("dense", (rows, out_in.shape[1]))
         dense.outputs.append(dense.add_node("MatMul", [x, dense.add_constant(np.ascontiguousarray(out_in.T), "w")]).outputs[0])
-        sparse = Graph("calibrate_sparse")
-        xs = sparse.add_input("x", TensorType("float32", (rows, out_in.shape[1])))
+        sparse, xs = _calibration_graph("sparse", (rows, out_in.shape[1]))
         sparse.outputs.append(self.add_node(sparse, xs, out_in, None, "none", "sparse").outputs[0])
         return dense, sparse
+
+
+def _calibration_graph(kind: str, shape: tuple) -> tuple[Graph, object]:
+    graph = Graph(f"calibrate_{kind}")
+    return graph, graph.add_input("x", TensorType("float32", shape))
 
 
 class BSR(SparseFormat):
@@ -108,12 +116,10 @@ class ChannelsCSR(CSR):
         """A 1x1 Conv over an image of ``rows`` pixels (as square as ``rows`` factors) against the kernel."""
         out, k = out_in.shape
         height = max(d for d in range(1, int(np.sqrt(rows)) + 1) if rows % d == 0)
-        dense = Graph("calibrate_dense")
-        x = dense.add_input("x", TensorType("float32", (1, k, height, rows // height)))
+        dense, x = _calibration_graph("dense", (1, k, height, rows // height))
         w = dense.add_constant(np.ascontiguousarray(out_in.reshape(out, k, 1, 1)), "w")
         dense.outputs.append(dense.add_node("Conv", [x, w], {"kernel_shape": [1, 1]}).outputs[0])
-        sparse = Graph("calibrate_sparse")
-        xs = sparse.add_input("x", TensorType("float32", (1, k, height, rows // height)))
+        sparse, xs = _calibration_graph("sparse", (1, k, height, rows // height))
         flat = sparse.add_node("Reshape", [xs, sparse.add_constant(np.array([1, k, rows], np.int64), "flat")]).outputs[0]
         sparse.outputs.append(self.add_node(sparse, flat, out_in, None, "none", "sparse").outputs[0])
         return dense, sparse
@@ -141,12 +147,12 @@ class NM(SparseFormat):
 
         return magnitude_prune(rng.standard_normal((out, k)).astype(np.float32), 0.0, nm=self.shape)
 
-    def add_node(self, graph, x, out_in, bias, activation, name, before=None):
+    def stored(self, out_in):
         values, positions = to_nm(out_in, *self.shape)
-        consts = [graph.add_constant(values, f"{name}_nm_values"), graph.add_constant(positions, f"{name}_nm_positions")]
-        return graph.add_node(self.op_type, [x, *consts, *([bias] if bias is not None else [])],
-                              {"pattern": list(self.shape), "shape": list(out_in.shape), "activation": activation},
-                              domain=DOMAIN, name=name, before=before)
+        return [("nm_values", values), ("nm_positions", positions)]
+
+    def attributes(self, out_in):
+        return {"pattern": list(self.shape), "shape": list(out_in.shape)}
 
 
 def format_of(info: SparsityInfo) -> SparseFormat:
