@@ -264,22 +264,36 @@ def test_small_kernels_run_on_the_calling_thread(m, k, n, parallel, rng):
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((m, k)).astype(np.float32)})
 
 
-@pytest.mark.parametrize("m, k, n, order", [
-    (1024, 384, 1536, "row blocks"),  # A far beyond L2: blocks of rows, panels inside
-    (1000, 384, 1536, "row blocks"),  # no divisor near the block size: a partial last block
-    (128, 3072, 768, "panels"),       # B's re-reads would cost more: panels outermost
-    (96, 40, 200, "rows"),            # all of B fits in L2: row tiles outermost
+@pytest.mark.parametrize("m, k, n, order, k_blocked, gelu", [
+    (1024, 384, 1536, "row blocks", False, False),  # A far beyond L2: blocks of rows, panels inside
+    (1000, 384, 1536, "row blocks", False, False),  # no divisor near the block size: a partial last block
+    (128, 3072, 768, "panels", True, False),        # B's re-reads would cost more: panels outermost
+    (264, 768, 768, "panels", True, True),          # K blocks, strips of 22 row tiles, GELU on the strip
+    (128, 1031, 768, "panels", False, False),       # K prime: no K block divides it
+    (96, 40, 200, "rows", False, False),            # all of B fits in L2: row tiles outermost
 ])
-def test_gemm_loop_orders(m, k, n, order, rng):
-    """Each loop order of the GEMM rule (chosen from the operand sizes) computes the same product."""
-    from sparsec.backends.tvm.schedules.cpu import _gemm_loop_order, _gemm_tile
+def test_gemm_loop_orders(m, k, n, order, k_blocked, gelu, rng):
+    """Each loop order of the GEMM rule (chosen from the operand sizes), with and without K blocks,
+    computes the same product."""
+    from sparsec.backends.tvm.schedules.cpu import _gemm_loop_order, _gemm_tile, _k_block
     from sparsec.backends.tvm.targets import host_vector_lanes
 
-    assert _gemm_loop_order(m, k, n, *_gemm_tile(m, n, host_vector_lanes()))[0] == order
+    mr, nr = _gemm_tile(m, n, host_vector_lanes())
+    assert _gemm_loop_order(m, k, n, mr, nr)[0] == order
+    assert (_k_block(k, nr) is not None and order == "panels") == k_blocked
     w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])]
-    model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [w, b])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]),
+             helper.make_node("Add", ["p", "b"], ["g" if gelu else "y"])]
+    if gelu:  # x * (1 + erf(x / sqrt 2)) / 2 reads the product twice: run on the strip, not inlined
+        nodes += [helper.make_node("Mul", ["g", "r2"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
+                  helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["g", "e1"], ["ge"]),
+                  helper.make_node("Mul", ["ge", "half"], ["y"])]
+        b = [b] + [numpy_helper.from_array(np.array(v, np.float32), name)
+                   for name, v in (("half", 0.5), ("one", 1.0), ("r2", 1 / np.sqrt(2)))]
+    else:
+        b = [b]
+    model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [w, *b])
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((m, k)).astype(np.float32)})
 
 
