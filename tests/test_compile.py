@@ -179,6 +179,39 @@ def test_gemm_transposed_and_scaled(rng):
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((6, 30)).astype(np.float32)})
 
 
+@pytest.mark.parametrize("m, k, n, gemm", [
+    (128, 256, 1000, False),     # N = 1000 under 24- or 32-wide tiles: panels padded with zeros
+    (12, 64, 520, True),         # Gemm(transB) weight [N, K], bias and ReLU fused
+    ("rows", 96, 1000, False),   # symbolic rows padded too
+])
+def test_gemm_pads_weight_columns_to_the_widest_tile(m, k, n, gemm, rng):
+    """A constant weight whose columns the widest register tile does not divide is packed into
+    zero-padded panels at compile time (not run with a narrower tile); the padded columns never
+    reach the output."""
+    from tvm import tirx
+
+    from sparsec.backends.tvm.schedules.cpu import _gemm_tile
+    from sparsec.backends.tvm.targets import host_vector_lanes
+
+    _, nr = _gemm_tile(None if isinstance(m, str) else m, n, host_vector_lanes(), pad_columns=True)
+    assert n % nr and (-n % nr) * 16 <= n
+    w = (rng.standard_normal((n, k) if gemm else (k, n)) / np.sqrt(k)).astype(np.float32)
+    b = numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")
+    if gemm:
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["p"], transB=1)]
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["q"]), helper.make_node("Add", ["q", "b"], ["p"])]
+    nodes.append(helper.make_node("Relu", ["p"], ["y"]))
+    model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [numpy_helper.from_array(w, "w"), b])
+    panels = [tuple(int(d) if isinstance(d, tirx.IntImm) else d for d in param.shape)
+              for _, func in _scheduled_module(model).functions_items() if isinstance(func, tirx.PrimFunc)
+              for param in func.params if isinstance(param, tirx.Buffer)]
+    assert (1, -(-n // nr), k, nr) in panels
+    compiled = sparsec.compile(model)
+    for rows in ((m,) if isinstance(m, int) else (1, 7, 33)):
+        assert_matches_ort(compiled, model, {"x": rng.standard_normal((rows, k)).astype(np.float32)})
+
+
 def test_conv_block(rng):
     w = numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) / 3).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")

@@ -158,19 +158,28 @@ class CPUMatmul(_CPURule):
         s, i, j, k = sch.get_loops(main)
         m_extent, n_extent = _static(sch.get(i).extent), _static(sch.get(j).extent)
         lanes = _lanes(target)
-        mr, nr = _gemm_tile(m_extent, n_extent, lanes)
-        if m_extent is None or n_extent is None:
+        constant_b = _reads_constant_weight(sch, func, reindex_b)
+        mr, nr = _gemm_tile(m_extent, n_extent, lanes, pad_columns=constant_b)
+        pad_columns = n_extent is not None and n_extent % nr != 0
+        if m_extent is None or n_extent is None or pad_columns:
             # Symbolic rows or columns are padded to whole tiles (zeros in, the extra results
             # dropped on the way out): no predicate inside the tile, which had made it an M x N
             # buffer in memory (2.6x slower than static rows), and no column tail for
             # reverse_compute_at to get wrong (it did: attention scores with a symbolic sequence).
-            sch.pad_einsum(main, [1, mr if m_extent is None else 1, nr if n_extent is None else 1, 1])
+            # So are the columns of a constant weight that the widest tile does not divide: its
+            # panels are padded with zeros at compile time (see _pack_padded_panels).
+            sch.pad_einsum(main, [1, mr if m_extent is None else 1, 1 if n_extent and not pad_columns else nr, 1])
         sch.compute_inline(reindex_a)
         sch.compute_inline(reindex_b)
+        packed = _pack_padded_panels(sch, func, main, nr) if pad_columns else None
         for block in sch.get_producers(main):  # e.g. a transpose feeding the GEMM
-            _try(sch.compute_inline, block)
+            if packed is None or sch.get(block).name_hint != packed:
+                _try(sch.compute_inline, block)
+        if n_extent is not None and not pad_columns and nr > 1:
+            packed = _pack_weight_panels(sch, func, main, nr)
+        if pad_columns:
+            n_extent += -n_extent % nr
         s, i, j, k = sch.get_loops(main)
-        packed = _pack_weight_panels(sch, func, main, nr) if n_extent is not None and nr > 1 else None
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
         k_extent = _static(sch.get(k).extent)
@@ -288,19 +297,24 @@ def _row_blocks_pay(m: int, k: int, n: int, blocks: int, panels: int) -> bool:
     return a_bytes > 2 * _L2_BYTES and blocks * b_bytes // 2 < panels * a_bytes
 
 
-def _gemm_tile(m: int | None, n: int | None, lanes: int) -> tuple[int, int]:
+def _gemm_tile(m: int | None, n: int | None, lanes: int, pad_columns: bool = False) -> tuple[int, int]:
     """(MR rows, NR columns) of the GEMM register tile for static or symbolic (None) M and N.
 
     MR x NR/lanes accumulators leave registers for one broadcast of A and the NR/lanes loads of
     B. Tiles are tried best first; each must divide a static extent (a tail tile would be
-    predicated: the whole tile then lives in memory), and symbolic extents are padded to them.
-    AVX2 (16 registers): 4 x 3 vectors needs 7 loads per 12 FMAs, 6 x 2 vectors 8 (on Zen 3,
-    1024 x 384 x 1536: 4x24 130 GF/s, 6x16 111, 4x16 103). AVX-512 (32 registers): 8 x 2
-    vectors (measured: 8x32 beat 6x32, 4x64 and 12x32)."""
+    predicated: the whole tile then lives in memory), and symbolic extents are padded to them;
+    with ``pad_columns`` (B a constant weight, its panels padded at compile time) so is a static
+    N that the tile does not divide, when that wastes at most 1/16 of the columns. AVX2 (16
+    registers): 4 x 3 vectors needs 7 loads per 12 FMAs, 6 x 2 vectors 8 (on Zen 3, 1024 x 384 x
+    1536: 4x24 130 GF/s, 6x16 111, 4x16 103; N = 1024 and 2048 padded to 4x24 rather than 4x16:
+    2-14% faster). AVX-512 (32 registers): 8 x 2 vectors (measured: 8x32 beat 6x32, 4x64 and
+    12x32)."""
     tiles = [(8, 2), (4, 2)] if lanes >= 16 else [(4, 3), (6, 2), (4, 2)]
     for mr, vectors in tiles:
-        if (m is None or m % mr == 0) and (n is None or n % (vectors * lanes) == 0):
-            return (1 if m == 1 else mr), vectors * lanes
+        width = vectors * lanes
+        columns_fit = n is None or n % width == 0 or pad_columns and (-n % width) * 16 <= n
+        if (m is None or m % mr == 0) and columns_fit:
+            return (1 if m == 1 else mr), width
     mr = 1 if m == 1 else tiles[0][0] if m is None else next((r for r, _ in tiles if m % r == 0), 4)
     # A column tile that divides N leaves no column tail: TVM 0.27's reverse_compute_at drops
     # the column predicate of the write-back when rows are fused from several axes.
@@ -326,6 +340,25 @@ def _pack(sch: s_tir.Schedule, main, index: int, index_map) -> str:
     sch.annotate(cache, LAYOUT_REWRITE, True)
     sch.transform_layout(main, ("read", index), index_map)
     return sch.get(cache).name_hint
+
+
+def _reads_constant_weight(sch: s_tir.Schedule, func, reindex) -> bool:
+    """Whether the reindex block copies a constant weight (2-D, or 2-D with trailing unit dims)."""
+    source = sch.get(reindex).reads[0].source
+    return (any(source.same_as(c) for c in _constant_weights(func)) and len(source.shape) >= 2
+            and all(_static(d) == 1 for d in source.shape[2:]))
+
+
+def _pack_padded_panels(sch: s_tir.Schedule, func, main, nr: int) -> str:
+    """Pack the zero-padded weight that pad_einsum made for ``main`` (its producer of B[S, J, K])
+    into ``[S, J / nr, K, nr]`` panels; the padding block itself becomes the compile-time packing
+    step, so the zeros cost nothing per call. Returns its name."""
+    constant = _constant_weights(func)
+    pad = next(p for p in sch.get_producers(main)
+               if any(r.source.same_as(c) for r in sch.get(p).reads for c in constant))
+    sch.annotate(pad, LAYOUT_REWRITE, True)
+    sch.transform_layout(pad, ("write", 0), lambda s, n, k: (s, n // nr, k, n % nr))
+    return sch.get(pad).name_hint
 
 
 def _pack_weight_panels(sch: s_tir.Schedule, func, main, nr: int) -> str | None:
