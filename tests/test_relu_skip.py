@@ -58,7 +58,7 @@ def test_batched_rows_without_bias_and_inf_propagation(rng):
     assert not np.isfinite(y[1, 2]).all() and np.isfinite(y[0]).all()
 
 
-@pytest.mark.parametrize("rows", [1, 3, 13])
+@pytest.mark.parametrize("rows", [1, 3, 13, 140])  # 140: two strips of K-blocked sums
 @pytest.mark.parametrize("serial_work", [0, 1 << 40])  # the sparse product in parallel, or on one thread
 @pytest.mark.parametrize("rows_copy, n", [(False, HIDDEN), (True, HIDDEN), (True, 768)])
 def test_kernel_never_skips_nan_or_inf_columns(rows, serial_work, rows_copy, n, rng):

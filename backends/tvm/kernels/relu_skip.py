@@ -43,6 +43,7 @@ from tvm.script import tirx as T
 
 from sparsec.ir.graph import Node
 from ..lower import register_lowering
+from ..schedules.cpu import K_BLOCK_BYTES, STRIP_ROWS
 from ..targets import host_vector_lanes
 
 # Active fraction above which the dense path runs, by row count: (fewer than 4 rows, fewer than
@@ -112,7 +113,7 @@ def pack_rows(weight: np.ndarray, nr: int) -> np.ndarray:
 
 def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float, float, float] = DENSE_ABOVE,
                      serial_work: int = SERIAL_WORK, row_serial_work: int = ROW_SERIAL_WORK,
-                     rows_copy: bool = True, prefetch_rows: int = PREFETCH_ROWS) -> tvm.tirx.PrimFunc:
+                     rows_copy: bool = True, prefetch_rows: int = PREFETCH_ROWS, k_block: int | None = None) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(h[rows, f], w[panels, f, nr], bias[width]) -> out[rows, n]``, with the
     row-major copy ``wr[f, width]`` after ``w`` when ``rows_copy`` (``width = padded_width(n, nr)``,
     see ``pack_rows``): without it, every row count runs on the panels."""
@@ -123,59 +124,87 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
     # More active columns than this: the dense path (see DENSE_ABOVE)
     dense_few, dense_some, dense_many = (int(fraction * f) for fraction in dense_above)
     ragged = n % nr != 0  # the last panel has fewer than nr real columns
+    k_block = k_block or K_BLOCK_BYTES // (4 * nr)
     assert mr in (1, 4, 8), "leftover rows are tiled 4, 2, 1"
 
     rows = tvm.tirx.Var("rows", "int64")
 
     @T.macro
-    def tile(h, w, bias, out, acc, active, count, p, t0, m, dense):
-        # One m x nr tile of out at rows t0.., panel p. `dense` (a Python bool) picks the loop.
-        for r in T.unroll(m):  # unrolled and vectorised like every access to acc: registers
-            for u in T.unroll(nr // lanes):
-                for v in T.vectorized(lanes):
-                    acc[r * nr + u * lanes + v] = T.float32(0)
+    def tile(h, w, bias, out, acc, strip, active, p, t0, s0, m, dense, lo, hi, first, last):
+        # One m x nr tile of out at rows t0.. (of the strip at s0), panel p, over the K block
+        # lo..hi of the rows of W2 (dense) or of the active list: the sums start at zero in the
+        # first block and from the strip in later ones, and go to out (+ bias) after the last.
+        # `dense` (a Python bool) picks the loop.
+        if first:
+            for r in T.unroll(m):  # unrolled and vectorised like every access to acc: registers
+                for u in T.unroll(nr // lanes):
+                    for v in T.vectorized(lanes):
+                        acc[r * nr + u * lanes + v] = T.float32(0)
+        else:
+            for r in T.unroll(m):
+                for u in T.unroll(nr // lanes):
+                    for v in T.vectorized(lanes):
+                        acc[r * nr + u * lanes + v] = strip[(t0 - s0 + r) * nr + u * lanes + v]
         if dense:
-            for j in T.serial(f):
+            for j in T.serial(lo, hi):
                 for r in T.unroll(m):
                     for u in T.unroll(nr // lanes):
                         for v in T.vectorized(lanes):
                             acc[r * nr + u * lanes + v] = (acc[r * nr + u * lanes + v]
                                                            + h[t0 + r, j] * w[p, j, u * lanes + v])
         else:
-            for k in T.serial(count):
+            for k in T.serial(lo, hi):
                 j = active[k]
                 for r in T.unroll(m):
                     for u in T.unroll(nr // lanes):
                         for v in T.vectorized(lanes):
                             acc[r * nr + u * lanes + v] = (acc[r * nr + u * lanes + v]
                                                            + h[t0 + r, j] * w[p, j, u * lanes + v])
-        if ragged:
-            for r in T.unroll(m):
-                for v in T.serial(nr):
-                    if p * nr + v < n:
-                        out[t0 + r, p * nr + v] = acc[r * nr + v] + bias[p * nr + v]
+        if last:
+            if ragged:
+                for r in T.unroll(m):
+                    for v in T.serial(nr):
+                        if p * nr + v < n:
+                            out[t0 + r, p * nr + v] = acc[r * nr + v] + bias[p * nr + v]
+            else:
+                for r in T.unroll(m):
+                    for u in T.unroll(nr // lanes):
+                        for v in T.vectorized(lanes):
+                            out[t0 + r, p * nr + u * lanes + v] = (acc[r * nr + u * lanes + v]
+                                                                   + bias[p * nr + u * lanes + v])
         else:
             for r in T.unroll(m):
                 for u in T.unroll(nr // lanes):
                     for v in T.vectorized(lanes):
-                        out[t0 + r, p * nr + u * lanes + v] = acc[r * nr + u * lanes + v] + bias[p * nr + u * lanes + v]
+                        strip[(t0 - s0 + r) * nr + u * lanes + v] = acc[r * nr + u * lanes + v]
 
     @T.macro
-    def panel_rows(h, w, bias, out, acc, active, count, p, rows, dense):
-        # Full mr-row tiles, then the leftover rows in tiles of 4, 2, 1 (binary decomposition).
-        for tt in T.serial(rows // mr):
-            tile(h, w, bias, out, acc, active, count, p, tt * mr, mr, dense)
-        base = rows - rows % mr
-        rem = rows % mr
-        if mr > 4:
-            if rem & 4 != 0:
-                tile(h, w, bias, out, acc, active, count, p, base, 4, dense)
-        if mr > 2:
-            if rem & 2 != 0:
-                tile(h, w, bias, out, acc, active, count, p, base + (rem & 4), 2, dense)
-        if mr > 1:
-            if rem & 1 != 0:
-                tile(h, w, bias, out, acc, active, count, p, base + (rem & 6), 1, dense)
+    def panel_rows(h, w, bias, out, acc, strip, active, count, p, rows, dense):
+        # Strips of up to STRIP_ROWS rows; in each, K blocks of K_BLOCK rows of the panel (kept in
+        # L1 while every row tile of the strip passes over them, see CPUMatmul); in each block,
+        # full mr-row tiles, then the leftover rows in tiles of 4, 2, 1 (binary decomposition).
+        for s in T.serial((rows + (STRIP_ROWS - 1)) // STRIP_ROWS):
+            s0 = s * STRIP_ROWS
+            srows = T.min(rows - s0, T.int64(STRIP_ROWS))
+            blocks = T.max((count + (k_block - 1)) // k_block, 1)  # one when none is active: the bias alone
+            for kb in T.serial(blocks):
+                lo = kb * k_block
+                hi = T.min(count, lo + k_block)
+                for tt in T.serial(srows // mr):
+                    tile(h, w, bias, out, acc, strip, active, p, s0 + tt * mr, s0, mr, dense, lo, hi, kb == 0, kb == blocks - 1)
+                base = s0 + srows - srows % mr
+                rem = srows % mr
+                if mr > 4:
+                    if rem & 4 != 0:
+                        tile(h, w, bias, out, acc, strip, active, p, base, s0, 4, dense, lo, hi, kb == 0, kb == blocks - 1)
+                if mr > 2:
+                    if rem & 2 != 0:
+                        tile(h, w, bias, out, acc, strip, active, p, base + (rem & 4), s0, 2, dense, lo, hi, kb == 0,
+                             kb == blocks - 1)
+                if mr > 1:
+                    if rem & 1 != 0:
+                        tile(h, w, bias, out, acc, strip, active, p, base + (rem & 6), s0, 1, dense, lo, hi, kb == 0,
+                             kb == blocks - 1)
 
     @T.macro
     def row_part(h, wr, sums, part, active, lo, hi, m):
@@ -273,7 +302,8 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
         if num > limit:
             for p in T.parallel(panels):
                 acc = T.decl_buffer((mr * nr,), "float32", scope="local")
-                panel_rows(h, w, bias, out, acc, active, num, p, rows, True)
+                strip = T.decl_buffer((STRIP_ROWS * nr,), "float32", scope="local")
+                panel_rows(h, w, bias, out, acc, strip, active, f, p, rows, True)
         else:
             # compact, branch-free: write every j, advance only past active ones
             count[0] = 0
@@ -289,12 +319,14 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
                     row_product(h, wr, bias, out, sums, active, num, rows, True)
             elif serial:
                 acc = T.decl_buffer((mr * nr,), "float32", scope="local")
+                strip = T.decl_buffer((STRIP_ROWS * nr,), "float32", scope="local")
                 for p in T.serial(panels):
-                    panel_rows(h, w, bias, out, acc, active, num, p, rows, False)
+                    panel_rows(h, w, bias, out, acc, strip, active, num, p, rows, False)
             else:
                 for p in T.parallel(panels):
                     acc = T.decl_buffer((mr * nr,), "float32", scope="local")
-                    panel_rows(h, w, bias, out, acc, active, num, p, rows, False)
+                    strip = T.decl_buffer((STRIP_ROWS * nr,), "float32", scope="local")
+                    panel_rows(h, w, bias, out, acc, strip, active, num, p, rows, False)
 
     # s_tir=True: buffers without a TileLayout. With tirx's default layout, Relax passes that
     # rebuild the function (AttachAttrLayoutFreeBuffers, FuseTIR) give the layout a fresh copy of

@@ -214,7 +214,7 @@ class CPUMatmul(_CPURule):
                 tile_at = io
             outer = (s, ib, jo)
         elif kc:
-            # Column panels outermost (below), row tiles in strips of at most _STRIP_ROWS rows.
+            # Column panels outermost (below), row tiles in strips of at most STRIP_ROWS rows.
             ib, io = sch.split(io, [None, _strip_tiles(m_extent, mr)])
             sch.reorder(s, jo, ib, reduction, io, k, ii, ji)
             outer = (s, jo, ib)
@@ -237,15 +237,15 @@ class CPUMatmul(_CPURule):
 # Bytes of B's panel slice per K block (see CPUMatmul): 3/4 of a 32 KiB L1, the rest for the A
 # rows. Zen 3, 128-row GEMMs of 768 x 768, 768 x 3072 and 3072 x 768, one and two threads: blocks
 # of 256 (24 KiB) beat 128 and no blocking by 4-12%, and 384 on two of the three.
-_K_BLOCK_BYTES = 24 * 1024
-# Rows of the partial-sum strip of a K-blocked GEMM (a stack buffer of _STRIP_ROWS x NR).
-_STRIP_ROWS = 128
+K_BLOCK_BYTES = 24 * 1024
+# Rows of the partial-sum strip of a K-blocked GEMM (a stack buffer of STRIP_ROWS x NR).
+STRIP_ROWS = 128
 
 
 def _k_block(k: int | None, nr: int) -> int | None:
     """The K block of the GEMM, a divisor of K (no partial block) whose K x NR slice of a weight
-    panel fits _K_BLOCK_BYTES, or None when K fits already or no divisor of at least 64 does."""
-    budget = _K_BLOCK_BYTES // (4 * nr)
+    panel fits K_BLOCK_BYTES, or None when K fits already or no divisor of at least 64 does."""
+    budget = K_BLOCK_BYTES // (4 * nr)
     if k is None or k <= budget:
         return None
     return next((d for d in range(budget, 63, -1) if k % d == 0), None)
@@ -253,9 +253,9 @@ def _k_block(k: int | None, nr: int) -> int | None:
 
 def _strip_tiles(m: int, mr: int) -> int:
     """Row tiles per partial-sum strip: a divisor of the tile count (no partial strip), at most
-    _STRIP_ROWS rows."""
+    STRIP_ROWS rows."""
     tiles = -(-m // mr)
-    return next(d for d in range(max(1, min(tiles, _STRIP_ROWS // mr)), 0, -1) if tiles % d == 0)
+    return next(d for d in range(max(1, min(tiles, STRIP_ROWS // mr)), 0, -1) if tiles % d == 0)
 
 
 # Bytes of A per row block (see CPUMatmul): a quarter of a 512 KiB L2, with room for the column
