@@ -55,6 +55,23 @@ def test_sparse_rewrite_is_exact_and_fires(block, tokens, rng):
     assert_matches_ort(compiled, model, feeds)
 
 
+@pytest.mark.parametrize("block", [(16, 1), (8, 1), (4, 4)])
+@pytest.mark.parametrize("tokens", [1, 7, 70])
+def test_bsr_k_blocks_are_exact(block, tokens, rng):
+    """A layer whose row tiles' activations exceed L1 (K = 2112) runs the BSR kernel in K blocks,
+    partial sums kept between them, every task's block rows passing over each slice of x."""
+    from sparsec.backends.tvm.kernels.sparse import bsr_block_pointers, bsr_k_blocks
+
+    assert bsr_k_blocks(tokens, 2112, 64, block) > 1
+    model = pruned_ffn(64, 2112, layers=1, sparsity=0.8, block=block, tokens=tokens)
+    compiled = sparsec.compile(model, pass_options=ALWAYS)
+    assert compiled.report["rewrites"] == {"sparse-weights.bsr": 2}
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 64)).astype(np.float32)})
+    # each block row's non-zero range splits at the K blocks' first columns
+    indices, indptr = np.array([0, 3, 5, 9, 2, 8]), np.array([0, 4, 6])
+    assert bsr_block_pointers(indices, indptr, 10, (1, 1), 2).tolist() == [0, 2, 4, 4, 5, 6]
+
+
 def test_batched_rows_and_the_ort_decomposition(rng):
     # [batch, sequence, hidden] activations; the rewritten graph also runs on ORT (decomposed).
     model = pruned_ffn(48, 96, sparsity=0.9, block=(16, 1), tokens=6)

@@ -9,6 +9,8 @@ R >= the vector width (16x1, 32x1 blocks) runs at full vector speed; zero blocks
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -58,49 +60,142 @@ def balanced_chunks(items: int, most: int) -> tuple[int, int]:
     return -(-items // per_chunk), per_chunk
 
 
-def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool = False):
+# Bytes of a row tile's activations per K block of the BSR kernel (see bsr_k_blocks): most of a
+# 32 KiB L1, the rest for the block rows' weights. (12 KiB blocks measured slower.)
+BSR_X_BYTES = 24 * 1024
+# Bytes of the partial sums a K-blocked BSR task keeps between K blocks (its block rows x the
+# rows x R, a stack buffer), and the fewest block rows per task that make K blocks worth it.
+BSR_SUMS_BYTES = 192 * 1024
+MIN_TASK_ROWS = 4
+
+
+def bsr_k_blocks(m: int, k: int, n: int, block: tuple[int, int]) -> int:
+    """K blocks of the BSR kernel for a static row count ``m`` (1: none). Each non-zero block
+    broadcasts one activation per row of the tile from a column of its own, so a tile reads MR
+    rows of x at scattered columns: at K = 3072 (the FFN's second layer, 6-row tiles) 74 KB of
+    x, beyond L1. In K blocks whose slice of the tile's rows fits BSR_X_BYTES, the slice stays in
+    L1 while every block row of the task passes over it (see bsr_kernel). None when a task could
+    keep the partial sums of fewer than MIN_TASK_ROWS block rows (too little reuse)."""
+    r, c = block
+    columns = BSR_X_BYTES // (4 * row_tile(r)) // c * c
+    blocks = -(-k // columns) if columns else 1
+    if blocks <= 1 or BSR_SUMS_BYTES // (4 * m * r) < min(MIN_TASK_ROWS, n // r):
+        return 1
+    return blocks
+
+
+def bsr_tasks(m, block_rows: int, r: int, k_blocks: int) -> tuple[int, int]:
+    """(tasks, block rows per task) of the BSR kernel. Unblocked: up to 64 tasks, each block
+    row's weights reused by every row tile. K-blocked: two per core, so that each task's slice of
+    x is reused by many block rows (48 block rows of the FFN's second layer, 128 rows: 0.90 ->
+    0.67 ms in 4 tasks; 8 tasks gained little, 48 nothing), or more when the partial sums of
+    that many block rows (rows x R each) would not fit BSR_SUMS_BYTES."""
+    if k_blocks == 1:
+        return balanced_chunks(block_rows, 64)
+    most_rows = max(1, BSR_SUMS_BYTES // (4 * m * r))
+    return balanced_chunks(block_rows, max(2 * (os.cpu_count() or 1), -(-block_rows // most_rows)))
+
+
+def bsr_block_pointers(indices: np.ndarray, indptr: np.ndarray, k: int, block: tuple[int, int], blocks: int) -> np.ndarray:
+    """``kptr[rb * (blocks + 1) + t]``: the first non-zero block of block row rb whose input
+    column is at or past K block t (``k / blocks`` columns, a multiple of the block's C), for t
+    in 0..blocks; the block row's end at t = blocks. Indices sorted within each block row."""
+    c = block[1]
+    columns = -(-(-(-k // blocks)) // c) * c
+    starts = np.arange(blocks + 1) * columns
+    starts[-1] = k
+    rows = len(indptr) - 1
+    kptr = np.empty((rows, blocks + 1), np.int32)
+    for rb in range(rows):
+        cols = indices[indptr[rb]:indptr[rb + 1]].astype(np.int64) * c
+        kptr[rb] = indptr[rb] + np.searchsorted(cols, starts, side="left")
+    kptr[:, -1] = indptr[1:]
+    return kptr.reshape(-1)
+
+
+def bsr_kernel(m, k: int, n: int, block: tuple[int, int], nnzb: int, relu: bool = False, k_blocks: int = 1):
     """``m`` rows: an int, or a ``tirx.Var`` for a symbolic row count. (``s_tir=True`` keeps the
-    buffers free of TVM 0.27's layouts, which a pass would rebuild with a fresh copy of m.)"""
+    buffers free of TVM 0.27's layouts, which a pass would rebuild with a fresh copy of m.)
+    The kernel reads the block rows' non-zero ranges per K block from ``kptr`` (see
+    bsr_block_pointers; with one K block, kptr is [indptr[rb], indptr[rb + 1]] per block row).
+    K blocks need a static ``m``."""
     r, c = block
     mr = row_tile(r)
     block_rows = n // r
+    blocked = k_blocks > 1
+    assert not blocked or isinstance(m, int), "K blocks keep partial sums for a static row count"
     # Accumulators live in a per-task buffer declared once per parallel chunk: declared inside
     # the parallel loop body it would be a workspace allocation per iteration.
-    chunks, per_chunk = balanced_chunks(block_rows, 64)
-
+    chunks, per_chunk = bsr_tasks(m, block_rows, r, k_blocks)
+    stride = k_blocks + 1
     epilogue = _epilogue(relu)
     full, tail, tail_tiles, single_rows = row_tiles(m, mr)
 
     @T.macro
-    def tile(x, data, indices, indptr, bias, y, acc, rb, base, rows):
-        # `rows` (a Python int) activation rows from `base`, block row rb: an accumulator tile.
-        for i in T.unroll(rows):
-            for j in T.vectorized(r):
-                acc[i, j] = T.float32(0)
-        for p in range(indptr[rb], indptr[rb + 1]):
+    def tile(x, data, indices, kptr, bias, y, acc, sums, rb, rb_local, base, rows, kb):
+        # `rows` (a Python int) activation rows from `base`, block row rb, K block kb: an
+        # accumulator tile; with K blocks, the sums carry over in `sums` between them.
+        if blocked:
+            for i in T.unroll(rows):
+                for j in T.vectorized(r):
+                    acc[i, j] = T.if_then_else(kb == 0, T.float32(0), sums[rb_local, base + i, j])
+        else:
+            for i in T.unroll(rows):
+                for j in T.vectorized(r):
+                    acc[i, j] = T.float32(0)
+        for p in range(kptr[rb * stride + kb], kptr[rb * stride + kb + 1]):
             for kk in range(c):
                 for i in T.unroll(rows):
                     for j in T.vectorized(r):
                         acc[i, j] = acc[i, j] + x[base + i, T.Cast("int64", indices[p]) * c + kk] * data[p, kk, j]
-        for i in T.unroll(rows):
-            for j in T.vectorized(r):
-                y[base + i, rb * r + j] = epilogue(acc[i, j] + bias[rb * r + j])
+        if blocked:
+            if kb == k_blocks - 1:
+                for i in T.unroll(rows):
+                    for j in T.vectorized(r):
+                        y[base + i, rb * r + j] = epilogue(acc[i, j] + bias[rb * r + j])
+            else:
+                for i in T.unroll(rows):
+                    for j in T.vectorized(r):
+                        sums[rb_local, base + i, j] = acc[i, j]
+        else:
+            for i in T.unroll(rows):
+                for j in T.vectorized(r):
+                    y[base + i, rb * r + j] = epilogue(acc[i, j] + bias[rb * r + j])
+
+    @T.macro
+    def task_rows(x, data, indices, kptr, bias, y, acc, sums, chunk, base, rows, kb):
+        # One tile of `rows` rows at `base` for every block row of the task.
+        for rb_local in range(per_chunk):
+            rb = T.meta_var(chunk * per_chunk + rb_local)
+            if rb < block_rows:
+                tile(x, data, indices, kptr, bias, y, acc, sums, rb, rb_local, base, rows, kb)
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(x: T.Buffer((m, k), "float32"), data: T.Buffer((nnzb, c, r), "float32"), indices: T.Buffer((nnzb,), "int32"),
-               indptr: T.Buffer((block_rows + 1,), "int32"), bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
+               kptr: T.Buffer((block_rows * stride,), "int32"), bias: T.Buffer((n,), "float32"), y: T.Buffer((m, n), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for chunk in T.parallel(chunks):
             acc = T.decl_buffer((mr, r), "float32", scope="local")
-            for rb_local in range(per_chunk):
-                rb = T.meta_var(chunk * per_chunk + rb_local)
-                if rb < block_rows:
+            sums = T.decl_buffer((per_chunk if blocked else 1, m if blocked else 1, r), "float32", scope="local")
+            if blocked:
+                # K blocks, then row tiles, then the task's block rows: a tile's slice of x stays
+                # in L1 while the block rows pass over it.
+                for kb in range(k_blocks):
                     for mo in range(m // mr):
-                        tile(x, data, indices, indptr, bias, y, acc, rb, mo * mr, mr)
-                    for _ in range(tail_tiles):  # static m: the rows left over as one smaller tile
-                        tile(x, data, indices, indptr, bias, y, acc, rb, full, tail)
-                    for row in range(single_rows):  # symbolic m: the rows left over, one at a time
-                        tile(x, data, indices, indptr, bias, y, acc, rb, full + row, 1)
+                        task_rows(x, data, indices, kptr, bias, y, acc, sums, chunk, mo * mr, mr, kb)
+                    for _ in range(tail_tiles):
+                        task_rows(x, data, indices, kptr, bias, y, acc, sums, chunk, full, tail, kb)
+            else:
+                # Block rows outermost: a block row's weights stay in L1 while every row tile passes.
+                for rb_local in range(per_chunk):
+                    rb = T.meta_var(chunk * per_chunk + rb_local)
+                    if rb < block_rows:
+                        for mo in range(m // mr):
+                            tile(x, data, indices, kptr, bias, y, acc, sums, rb, rb_local, mo * mr, mr, 0)
+                        for _ in range(tail_tiles):  # static m: the rows left over as one smaller tile
+                            tile(x, data, indices, kptr, bias, y, acc, sums, rb, rb_local, full, tail, 0)
+                        for row in range(single_rows):  # symbolic m: the rows left over, one at a time
+                            tile(x, data, indices, kptr, bias, y, acc, sums, rb, rb_local, full + row, 1, 0)
 
     return kernel
 
@@ -226,9 +321,24 @@ class _Operands:
         self.relu = node.attr("activation", "none") == "relu"
         self.suffix = "_relu" if self.relu else ""
 
-    def call(self, bb: relax.BlockBuilder, kernel, x):
-        """``kernel(x, data, indices, indptr, bias) -> [rows, out]``."""
-        return bb.normalize(relax.call_tir(kernel, [x, *self.sparse], relax.TensorType([self.rows, self.out], "float32")))
+    def call(self, bb: relax.BlockBuilder, kernel, x, pointers=None):
+        """``kernel(x, data, indices, indptr, bias) -> [rows, out]``; ``pointers`` in place of
+        indptr (the CPU kernel's per-K-block ranges)."""
+        sparse = self.sparse if pointers is None else [self.sparse[0], self.sparse[1], pointers, self.sparse[3]]
+        return bb.normalize(relax.call_tir(kernel, [x, *sparse], relax.TensorType([self.rows, self.out], "float32")))
+
+    def block_pointers(self, node: Node, blocks: int):
+        """The CPU BSR kernel's kptr (see bsr_block_pointers), a constant."""
+        indices, indptr = node.input(2).const, node.input(3).const
+        return relax.const(bsr_block_pointers(indices, indptr, self.k, self.block, blocks))
+
+    def k_blocks(self, node: Node) -> int:
+        """bsr_k_blocks, or 1 when a block row's indices are out of order (sparsec sorts its own;
+        an op from a file may not be, and K-block ranges need order)."""
+        indices, indptr = node.input(2).const, node.input(3).const
+        if not isinstance(self.rows, int) or not all(np.all(np.diff(indices[a:b]) > 0) for a, b in zip(indptr[:-1], indptr[1:])):
+            return 1
+        return bsr_k_blocks(self.rows, self.k, self.out, self.block)
 
     def unflatten(self, bb: relax.BlockBuilder, y):
         return y if len(self.lead) == 1 else bb.normalize(relax.op.reshape(y, [*self.lead, self.out]))
@@ -254,7 +364,7 @@ def lower_block_sparse_matmul(bb: relax.BlockBuilder, node: Node, inputs: list, 
     shape = f"{o.k}x{o.out}_{o.block[0]}x{o.block[1]}{o.suffix}"
     if not isinstance(o.rows, int):  # symbolic: the BSR kernel takes any row count (CSR needs it static)
         kernel = bb.add_func(bsr_kernel(tvm.tirx.Var("m", "int64"), o.k, o.out, o.block, o.nnzb, o.relu), f"bsr_matmul_dyn_{shape}")
-        y = o.call(bb, kernel, o.flat)
+        y = o.call(bb, kernel, o.flat, o.block_pointers(node, 1))
     elif o.block == (1, 1):
         kernel = bb.add_func(csr_transposed_kernel(o.rows, o.k, o.out, o.nnzb, o.relu),
                              f"csr_matmul_{o.rows}x{o.k}x{o.out}{o.suffix}")
@@ -262,8 +372,10 @@ def lower_block_sparse_matmul(bb: relax.BlockBuilder, node: Node, inputs: list, 
         yt = bb.normalize(relax.call_tir(kernel, [xt, *o.sparse], relax.TensorType([1, o.out, o.rows], "float32")))
         y = bb.normalize(relax.op.permute_dims(relax.op.reshape(yt, [o.out, o.rows]), [1, 0]))
     else:
-        kernel = bb.add_func(bsr_kernel(o.rows, o.k, o.out, o.block, o.nnzb, o.relu), f"bsr_matmul_{o.rows}x{shape}")
-        y = o.call(bb, kernel, o.flat)
+        blocks = o.k_blocks(node)
+        kernel = bb.add_func(bsr_kernel(o.rows, o.k, o.out, o.block, o.nnzb, o.relu, blocks),
+                             f"bsr_matmul_{o.rows}x{shape}" + (f"_k{blocks}" if blocks > 1 else ""))
+        y = o.call(bb, kernel, o.flat, o.block_pointers(node, blocks))
     return o.unflatten(bb, y)
 
 
