@@ -212,6 +212,30 @@ def test_gemm_pads_weight_columns_to_the_widest_tile(m, k, n, gemm, rng):
         assert_matches_ort(compiled, model, {"x": rng.standard_normal((rows, k)).astype(np.float32)})
 
 
+@pytest.mark.parametrize("perm, tiled", [([0, 2, 3, 1], True),    # K^T: output rows down input columns
+                                         ([0, 2, 1, 3], False)])  # heads apart: rows stay contiguous
+def test_transposes_run_in_square_tiles(perm, tiled, rng):
+    """A transpose that reads its input down columns runs in 2 x lanes tiles (see _tile_transpose);
+    one whose rows stay contiguous keeps the row loop. Both match ORT."""
+    import tvm_ffi
+    from tvm import tirx
+
+    from sparsec.backends.tvm.targets import host_vector_lanes
+
+    shape = numpy_helper.from_array(np.array([1, 32, 4, 64], np.int64), "shape")
+    out = [[1, 32, 4, 64][p] for p in perm]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Transpose", ["r"], ["y"], perm=perm)]
+    model = make(nodes, [f32("x", [1, 32, 256])], [f32("y", out)], [shape])
+    loops = []
+    for gv, func in _scheduled_module(model).functions_items():
+        if isinstance(func, tirx.PrimFunc) and "transpose" in gv.name_hint:
+            tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: loops.append((int(loop.extent), loop.kind))))
+    # the tile's rows: 2 x lanes, two vectors each (untiled: the row of 64, 64 / lanes vectors)
+    lanes = host_vector_lanes()
+    assert ((2, tirx.ForKind.SERIAL) in loops and (lanes, tirx.ForKind.VECTORIZED) in loops) == tiled
+    assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((1, 32, 256)).astype(np.float32)})
+
+
 def test_conv_block(rng):
     w = numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) / 3).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")

@@ -811,6 +811,8 @@ def _schedule_remaining(sch: s_tir.Schedule, target: Target, skip: set) -> None:
         loops = sch.get_loops(block)
         if not loops:
             continue
+        if _tile_transpose(sch, block, lanes):
+            loops = sch.get_loops(block)
         spatial = _leading_spatial_loops(sch, block, loops)
         if len(spatial) == len(loops) and len(loops) > 1:
             spatial = spatial[:-1]  # keep the innermost loop for vectors
@@ -822,6 +824,36 @@ def _schedule_remaining(sch: s_tir.Schedule, target: Target, skip: set) -> None:
         if _innermost_is_spatial(sch, block) and extent and extent % lanes == 0 and extent >= lanes:
             _, vec = sch.split(inner, [None, lanes])
             _try(sch.vectorize, vec)
+
+
+def _tile_transpose(sch: s_tir.Schedule, block, lanes: int) -> bool:
+    """A copy whose output rows are read down a column of its input (a transpose: the innermost
+    loop absent from the input's last index, the loop outside it present) runs in square tiles
+    of 2 x lanes: row by row, a column of a row-major input spans one line per element, and with
+    row strides of a multiple of 1 KiB those lines share a few L1 sets and evict each other (K^T
+    in attention, [128, 12, 64] -> [12, 64, 128]: 0.20 ms, ORT 0.06). A tile reads 2 x lanes
+    lines, each for 2 x lanes elements."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    if len(loops) < 2 or len(stmt.reads) != 1 or not _spatial(sch, block):
+        return False
+    tile = 2 * lanes
+    outer, inner = loops[-2:]
+    if any((_static(sch.get(loop).extent) or 1) % tile for loop in (outer, inner)):
+        return False
+    bindings = _iter_bindings(sch, block)
+    last = stmt.reads[0].region[-1].min
+
+    def in_last_index(loop) -> bool:
+        loop_var = sch.get(loop).loop_var
+        return any(_uses_var(value, loop_var) and _uses_var(last, var) for var, value in bindings.items())
+
+    if in_last_index(inner) or not in_last_index(outer):
+        return False
+    outer_tiles, outer_in = sch.split(outer, [None, tile])
+    inner_tiles, inner_in = sch.split(inner, [None, tile])
+    sch.reorder(outer_tiles, inner_tiles, outer_in, inner_in)
+    return True
 
 
 def _leading_spatial_loops(sch, block, loops):
