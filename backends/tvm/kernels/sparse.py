@@ -74,7 +74,7 @@ def bsr_k_blocks(m: int, k: int, n: int, block: tuple[int, int]) -> int:
     broadcasts one activation per row of the tile from a column of its own, so a tile reads MR
     rows of x at scattered columns: at K = 3072 (the FFN's second layer, 6-row tiles) 74 KB of
     x, beyond L1. In K blocks whose slice of the tile's rows fits BSR_X_BYTES, the slice stays in
-    L1 while every block row of the task passes over it (see bsr_kernel). None when a task could
+    L1 while every block row of the task passes over it (see bsr_kernel). 1 when a task could
     keep the partial sums of fewer than MIN_TASK_ROWS block rows (too little reuse)."""
     r, c = block
     columns = BSR_X_BYTES // (4 * row_tile(r)) // c * c
@@ -101,7 +101,8 @@ def bsr_block_pointers(indices: np.ndarray, indptr: np.ndarray, k: int, block: t
     column is at or past K block t (``k / blocks`` columns, a multiple of the block's C), for t
     in 0..blocks; the block row's end at t = blocks. Indices sorted within each block row."""
     c = block[1]
-    columns = -(-(-(-k // blocks)) // c) * c
+    per_block = -(-k // blocks)
+    columns = -(-per_block // c) * c  # whole blocks of C inputs
     starts = np.arange(blocks + 1) * columns
     starts[-1] = k
     rows = len(indptr) - 1
