@@ -183,6 +183,7 @@ def test_gemm_transposed_and_scaled(rng):
     (128, 256, 1000, False),     # N = 1000 under 24- or 32-wide tiles: panels padded with zeros
     (12, 64, 520, True),         # Gemm(transB) weight [N, K], bias and ReLU fused
     ("rows", 96, 1000, False),   # symbolic rows padded too
+    ((2, 64), 256, 1000, False), # rows from two axes (x[2, 64, 256]): the padded columns' write-back
 ])
 def test_gemm_pads_weight_columns_to_the_widest_tile(m, k, n, gemm, rng):
     """A constant weight whose columns the widest register tile does not divide is packed into
@@ -193,7 +194,9 @@ def test_gemm_pads_weight_columns_to_the_widest_tile(m, k, n, gemm, rng):
     from sparsec.backends.tvm.schedules.cpu import _gemm_tile
     from sparsec.backends.tvm.targets import host_vector_lanes
 
-    _, nr = _gemm_tile(None if isinstance(m, str) else m, n, host_vector_lanes(), pad_columns=True)
+    lead = list(m) if isinstance(m, tuple) else [m]
+    rows = None if isinstance(m, str) else int(np.prod(lead))
+    _, nr = _gemm_tile(rows, n, host_vector_lanes(), pad_columns=True)
     assert n % nr and (-n % nr) * 16 <= n
     w = (rng.standard_normal((n, k) if gemm else (k, n)) / np.sqrt(k)).astype(np.float32)
     b = numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")
@@ -202,14 +205,14 @@ def test_gemm_pads_weight_columns_to_the_widest_tile(m, k, n, gemm, rng):
     else:
         nodes = [helper.make_node("MatMul", ["x", "w"], ["q"]), helper.make_node("Add", ["q", "b"], ["p"])]
     nodes.append(helper.make_node("Relu", ["p"], ["y"]))
-    model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [numpy_helper.from_array(w, "w"), b])
+    model = make(nodes, [f32("x", [*lead, k])], [f32("y", [*lead, n])], [numpy_helper.from_array(w, "w"), b])
     panels = [tuple(int(d) if isinstance(d, tirx.IntImm) else d for d in param.shape)
               for _, func in _scheduled_module(model).functions_items() if isinstance(func, tirx.PrimFunc)
               for param in func.params if isinstance(param, tirx.Buffer)]
     assert (1, -(-n // nr), k, nr) in panels
     compiled = sparsec.compile(model)
-    for rows in ((m,) if isinstance(m, int) else (1, 7, 33)):
-        assert_matches_ort(compiled, model, {"x": rng.standard_normal((rows, k)).astype(np.float32)})
+    for shape in ([[1, k], [7, k], [33, k]] if isinstance(m, str) else [[*lead, k]]):
+        assert_matches_ort(compiled, model, {"x": rng.standard_normal(shape).astype(np.float32)})
 
 
 @pytest.mark.parametrize("perm, tiled", [([0, 2, 3, 1], True),    # K^T: output rows down input columns
@@ -325,19 +328,23 @@ def test_small_kernels_run_on_the_calling_thread(m, k, n, parallel, rng):
     (1024, 384, 1536, "row blocks", False, False),  # A far beyond L2: blocks of rows, panels inside
     (1000, 384, 1536, "row blocks", False, False),  # no divisor near the block size: a partial last block
     (128, 3072, 768, "panels", True, False),        # B's re-reads would cost more: panels outermost
-    (264, 768, 768, "panels", True, True),          # K blocks, strips of 22 row tiles, GELU on the strip
+    (264, 768, 768, "panels", True, True),          # K blocks, strips of row tiles (22 on AVX2), GELU on the strip
     (128, 1031, 768, "panels", False, False),       # K prime: no K block divides it
+    (130, 3072, 768, "panels", True, False),        # K blocks over a row tail (no tile divides 130)
+    (8, 3072, 768, "panels", False, False),         # two row tiles: too few to reuse a K block
     (96, 40, 200, "rows", False, False),            # all of B fits in L2: row tiles outermost
 ])
 def test_gemm_loop_orders(m, k, n, order, k_blocked, gelu, rng):
     """Each loop order of the GEMM rule (chosen from the operand sizes), with and without K blocks,
     computes the same product."""
+    import tvm_ffi
+    from tvm import tirx
+
     from sparsec.backends.tvm.schedules.cpu import _gemm_loop_order, _gemm_tile, _k_block
     from sparsec.backends.tvm.targets import host_vector_lanes
 
-    mr, nr = _gemm_tile(m, n, host_vector_lanes())
+    mr, nr = _gemm_tile(m, n, host_vector_lanes(), pad_columns=True)
     assert _gemm_loop_order(m, k, n, mr, nr)[0] == order
-    assert (_k_block(k, nr) is not None and order == "panels") == k_blocked
     w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")
     nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]),
@@ -351,6 +358,12 @@ def test_gemm_loop_orders(m, k, n, order, k_blocked, gelu, rng):
     else:
         b = [b]
     model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [w, *b])
+    extents = []  # the K-block loop (of extent kc) is in the scheduled GEMM exactly when expected
+    for gv, func in _scheduled_module(model).functions_items():
+        if isinstance(func, tirx.PrimFunc) and "matmul" in gv.name_hint:
+            tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: extents.append(int(loop.extent))))
+    kc = _k_block(k, nr)
+    assert (kc is not None and kc in extents) == k_blocked
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((m, k)).astype(np.float32)})
 
 

@@ -91,6 +91,30 @@ def test_kernel_never_skips_nan_or_inf_columns(rows, serial_work, rows_copy, n, 
             np.testing.assert_allclose(out.numpy(), h @ w + bias[:n], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [5, 140])
+def test_kernel_k_blocks_over_the_active_list(rows, rng):
+    # K blocks of 16 rows of W2: the gathered path's active list (40 of 300) and the dense path
+    # (all 300) both span several blocks, the sums carried between them; 140 rows: two strips.
+    import tvm
+
+    from sparsec.backends.tvm.kernels.relu_skip import pack_panels, padded_width, relu_skip_kernel, tile_shape
+    from sparsec.backends.tvm.targets import get_target
+
+    f, n = FFN, HIDDEN
+    mr, nr = tile_shape()
+    func = relu_skip_kernel(f, n, mr, nr, serial_work=0, rows_copy=False, k_block=16)
+    kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=get_target("llvm").make({}))["main"]
+    w = rng.standard_normal((f, n)).astype(np.float32)
+    bias = rng.standard_normal(padded_width(n, nr)).astype(np.float32)
+    for active in (0, 40, f):
+        h = np.zeros((rows, f), np.float32)
+        h[:, rng.permutation(f)[:active]] = np.abs(rng.standard_normal((rows, active)))
+        out = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
+        kernel(tvm.runtime.tensor(h), tvm.runtime.tensor(pack_panels(w, nr)), tvm.runtime.tensor(bias), out)
+        np.testing.assert_allclose(out.numpy(), h @ w + bias[:n], rtol=1e-4, atol=1e-4)
+
+
 def test_the_rewritten_graph_runs_on_ort(rng):
     model = relu_ffn(HIDDEN, FFN, zero_fraction=0.9)
     compiled = sparsec.compile(model, backend="ort")  # the op's decomposition into MatMul + Add

@@ -57,19 +57,28 @@ def test_sparse_rewrite_is_exact_and_fires(block, tokens, rng):
 
 @pytest.mark.parametrize("block", [(16, 1), (8, 1), (4, 4)])
 @pytest.mark.parametrize("tokens", [1, 7, 70])
-def test_bsr_k_blocks_are_exact(block, tokens, rng):
+def test_bsr_k_blocks_are_exact(block, tokens, rng, monkeypatch):
     """A layer whose row tiles' activations exceed L1 (K = 2112) runs the BSR kernel in K blocks,
-    partial sums kept between them, every task's block rows passing over each slice of x."""
+    partial sums kept between them, every task's block rows passing over each slice of x (two
+    cores: four tasks of 16 / 32 / 64 block rows' quarter)."""
+    from sparsec.backends.tvm.kernels import sparse
     from sparsec.backends.tvm.kernels.sparse import bsr_block_pointers, bsr_k_blocks
+    from test_compile import _scheduled_module
 
-    assert bsr_k_blocks(tokens, 2112, 64, block) > 1
-    model = pruned_ffn(64, 2112, layers=1, sparsity=0.8, block=block, tokens=tokens)
+    monkeypatch.setattr(sparse, "_threads", lambda: 2)
+    blocks = bsr_k_blocks(tokens, 2112, 256, block)
+    assert blocks > 1
+    model = pruned_ffn(256, 2112, layers=1, sparsity=0.8, block=block, tokens=tokens)
+    kernels = [gv.name_hint for gv, _ in _scheduled_module(model, ALWAYS).functions_items()]
+    assert any(name.startswith(f"bsr_matmul_{tokens}x2112x256") and f"_k{blocks}" in name for name in kernels), kernels
     compiled = sparsec.compile(model, pass_options=ALWAYS)
     assert compiled.report["rewrites"] == {"sparse-weights.bsr": 2}
-    assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 64)).astype(np.float32)})
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 256)).astype(np.float32)})
     # each block row's non-zero range splits at the K blocks' first columns
     indices, indptr = np.array([0, 3, 5, 9, 2, 8]), np.array([0, 4, 6])
     assert bsr_block_pointers(indices, indptr, 10, (1, 1), 2).tolist() == [0, 2, 4, 4, 5, 6]
+    # blocks of 4 inputs: block indices 0, 2, 3 start at columns 0, 8, 12 (K blocks of 8 columns)
+    assert bsr_block_pointers(np.array([0, 2, 3]), np.array([0, 3]), 16, (1, 4), 2).tolist() == [0, 1, 3]
 
 
 def test_batched_rows_and_the_ort_decomposition(rng):

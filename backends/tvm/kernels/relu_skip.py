@@ -125,6 +125,8 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
     dense_few, dense_some, dense_many = (int(fraction * f) for fraction in dense_above)
     ragged = n % nr != 0  # the last panel has fewer than nr real columns
     k_block = k_block or K_BLOCK_BYTES // (4 * nr)
+    # partial sums between K blocks: none needed when every product fits one block
+    strip_size = STRIP_ROWS * nr if f > k_block else 1
     assert mr in (1, 4, 8), "leftover rows are tiled 4, 2, 1"
 
     rows = tvm.tirx.Var("rows", "int64")
@@ -180,7 +182,7 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
 
     @T.macro
     def panel_rows(h, w, bias, out, acc, strip, active, count, p, rows, dense):
-        # Strips of up to STRIP_ROWS rows; in each, K blocks of K_BLOCK rows of the panel (kept in
+        # Strips of up to STRIP_ROWS rows; in each, K blocks of k_block rows of the panel (kept in
         # L1 while every row tile of the strip passes over them, see CPUMatmul); in each block,
         # full mr-row tiles, then the leftover rows in tiles of 4, 2, 1 (binary decomposition).
         for s in T.serial((rows + (STRIP_ROWS - 1)) // STRIP_ROWS):
@@ -302,7 +304,7 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
         if num > limit:
             for p in T.parallel(panels):
                 acc = T.decl_buffer((mr * nr,), "float32", scope="local")
-                strip = T.decl_buffer((STRIP_ROWS * nr,), "float32", scope="local")
+                strip = T.decl_buffer((strip_size,), "float32", scope="local")
                 panel_rows(h, w, bias, out, acc, strip, active, f, p, rows, True)
         else:
             # compact, branch-free: write every j, advance only past active ones
@@ -319,13 +321,13 @@ def relu_skip_kernel(f: int, n: int, mr: int, nr: int, dense_above: tuple[float,
                     row_product(h, wr, bias, out, sums, active, num, rows, True)
             elif serial:
                 acc = T.decl_buffer((mr * nr,), "float32", scope="local")
-                strip = T.decl_buffer((STRIP_ROWS * nr,), "float32", scope="local")
+                strip = T.decl_buffer((strip_size,), "float32", scope="local")
                 for p in T.serial(panels):
                     panel_rows(h, w, bias, out, acc, strip, active, num, p, rows, False)
             else:
                 for p in T.parallel(panels):
                     acc = T.decl_buffer((mr * nr,), "float32", scope="local")
-                    strip = T.decl_buffer((STRIP_ROWS * nr,), "float32", scope="local")
+                    strip = T.decl_buffer((strip_size,), "float32", scope="local")
                     panel_rows(h, w, bias, out, acc, strip, active, num, p, rows, False)
 
     # s_tir=True: buffers without a TileLayout. With tirx's default layout, Relax passes that

@@ -64,7 +64,7 @@ def balanced_chunks(items: int, most: int) -> tuple[int, int]:
 # 32 KiB L1, the rest for the block rows' weights. (12 KiB blocks measured slower.)
 BSR_X_BYTES = 24 * 1024
 # Bytes of the partial sums a K-blocked BSR task keeps between K blocks (its block rows x the
-# rows x R, a stack buffer), and the fewest block rows per task that make K blocks worth it.
+# rows x R, one buffer per task), and the fewest block rows per task that make K blocks worth it.
 BSR_SUMS_BYTES = 192 * 1024
 MIN_TASK_ROWS = 4
 
@@ -74,14 +74,22 @@ def bsr_k_blocks(m: int, k: int, n: int, block: tuple[int, int]) -> int:
     broadcasts one activation per row of the tile from a column of its own, so a tile reads MR
     rows of x at scattered columns: at K = 3072 (the FFN's second layer, 6-row tiles) 74 KB of
     x, beyond L1. In K blocks whose slice of the tile's rows fits BSR_X_BYTES, the slice stays in
-    L1 while every block row of the task passes over it (see bsr_kernel). 1 when a task could
-    keep the partial sums of fewer than MIN_TASK_ROWS block rows (too little reuse)."""
+    L1 while every block row of the task passes over it (see bsr_kernel). 1 when the tasks
+    (bsr_tasks) would hold fewer than MIN_TASK_ROWS block rows each (too little reuse)."""
     r, c = block
     columns = BSR_X_BYTES // (4 * row_tile(r)) // c * c
     blocks = -(-k // columns) if columns else 1
-    if blocks <= 1 or BSR_SUMS_BYTES // (4 * m * r) < min(MIN_TASK_ROWS, n // r):
+    if blocks <= 1 or bsr_tasks(m, n // r, r, blocks)[1] < min(MIN_TASK_ROWS, n // r):
         return 1
     return blocks
+
+
+def _threads() -> int:
+    """The cores this process may run on (TVM's pool size by default)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def bsr_tasks(m, block_rows: int, r: int, k_blocks: int) -> tuple[int, int]:
@@ -93,7 +101,7 @@ def bsr_tasks(m, block_rows: int, r: int, k_blocks: int) -> tuple[int, int]:
     if k_blocks == 1:
         return balanced_chunks(block_rows, 64)
     most_rows = max(1, BSR_SUMS_BYTES // (4 * m * r))
-    return balanced_chunks(block_rows, max(2 * (os.cpu_count() or 1), -(-block_rows // most_rows)))
+    return balanced_chunks(block_rows, max(2 * _threads(), -(-block_rows // most_rows)))
 
 
 def bsr_block_pointers(indices: np.ndarray, indptr: np.ndarray, k: int, block: tuple[int, int], blocks: int) -> np.ndarray:
@@ -110,7 +118,7 @@ def bsr_block_pointers(indices: np.ndarray, indptr: np.ndarray, k: int, block: t
     for rb in range(rows):
         cols = indices[indptr[rb]:indptr[rb + 1]].astype(np.int64) * c
         kptr[rb] = indptr[rb] + np.searchsorted(cols, starts, side="left")
-    kptr[:, -1] = indptr[1:]
+    kptr[:, 0], kptr[:, -1] = indptr[:-1], indptr[1:]  # (whole rows whatever the order: one block)
     return kptr.reshape(-1)
 
 
@@ -337,7 +345,7 @@ class _Operands:
         """bsr_k_blocks, or 1 when a block row's indices are out of order (sparsec sorts its own;
         an op from a file may not be, and K-block ranges need order)."""
         indices, indptr = node.input(2).const, node.input(3).const
-        if not isinstance(self.rows, int) or not all(np.all(np.diff(indices[a:b]) > 0) for a, b in zip(indptr[:-1], indptr[1:])):
+        if not all(np.all(np.diff(indices[a:b]) >= 0) for a, b in zip(indptr[:-1], indptr[1:])):
             return 1
         return bsr_k_blocks(self.rows, self.k, self.out, self.block)
 

@@ -168,7 +168,7 @@ class CPUMatmul(_CPURule):
             # reverse_compute_at to get wrong (it did: attention scores with a symbolic sequence).
             # So are the columns of a constant weight that the widest tile does not divide: its
             # panels are padded with zeros at compile time (see _pack_padded_panels).
-            sch.pad_einsum(main, [1, mr if m_extent is None else 1, 1 if n_extent and not pad_columns else nr, 1])
+            sch.pad_einsum(main, [1, mr if m_extent is None else 1, nr if n_extent is None or pad_columns else 1, 1])
         sch.compute_inline(reindex_a)
         sch.compute_inline(reindex_b)
         packed = _pack_padded_panels(sch, func, main, nr) if pad_columns else None
@@ -185,6 +185,8 @@ class CPUMatmul(_CPURule):
         k_extent = _static(sch.get(k).extent)
         order, block_tiles = _gemm_loop_order(m_extent, k_extent, n_extent, mr, nr)
         kc = _k_block(k_extent, nr) if order == "panels" and m_extent is not None else None
+        if kc and _strip_tiles(m_extent, mr) < MIN_STRIP_TILES:
+            kc = None  # (a panel slice reused by fewer tiles costs its strip round trips for nothing)
         reduction = k
         if kc:
             # K blocks whose K x NR slice of the panel stays in L1 while the row tiles pass over
@@ -235,8 +237,10 @@ class CPUMatmul(_CPURule):
 # rows. Zen 3, 128-row GEMMs of 768 x 768, 768 x 3072 and 3072 x 768, one and two threads: blocks
 # of 256 (24 KiB) beat 128 and no blocking by 4-12%, and 384 on two of the three.
 K_BLOCK_BYTES = 24 * 1024
-# Rows of the partial-sum strip of a K-blocked GEMM (a stack buffer of STRIP_ROWS x NR).
+# Rows of the partial-sum strip of a K-blocked GEMM (a buffer of STRIP_ROWS x NR), and the fewest
+# row tiles a strip must hold for K blocks to pay (each reuses the panel's slice once).
 STRIP_ROWS = 128
+MIN_STRIP_TILES = 4
 
 
 def _k_block(k: int | None, nr: int) -> int | None:
@@ -832,20 +836,23 @@ def _tile_transpose(sch: s_tir.Schedule, block, lanes: int) -> bool:
     lines, each for 2 x lanes elements (0.09 ms)."""
     stmt = sch.get(block)
     loops = sch.get_loops(block)
-    if len(loops) < 2 or len(stmt.reads) != 1 or not _spatial(sch, block):
+    if len(loops) < 2 or len(stmt.reads) != 1 or not stmt.reads[0].region or not _spatial(sch, block):
         return False
     tile = 2 * lanes
     outer, inner = loops[-2:]
     if any(_static(sch.get(loop).extent) is None or _static(sch.get(loop).extent) % tile for loop in (outer, inner)):
         return False
     bindings = _iter_bindings(sch, block)
-    last = stmt.reads[0].region[-1].min
+    indices = [r.min for r in stmt.reads[0].region]
 
-    def in_last_index(loop) -> bool:
+    def in_index(loop, index) -> bool:
         loop_var = sch.get(loop).loop_var
-        return any(_uses_var(value, loop_var) and _uses_var(last, var) for var, value in bindings.items())
+        return any(_uses_var(value, loop_var) and _uses_var(index, var) for var, value in bindings.items())
 
-    if in_last_index(inner) or not in_last_index(outer):
+    # a permutation: every loop indexes the input (a broadcast, in[i] -> out[i, j], is no transpose)
+    if not all(any(in_index(loop, index) for index in indices) for loop in loops if _static(sch.get(loop).extent) != 1):
+        return False
+    if in_index(inner, indices[-1]) or not in_index(outer, indices[-1]):
         return False
     outer_tiles, outer_in = sch.split(outer, [None, tile])
     inner_tiles, inner_in = sch.split(inner, [None, tile])
