@@ -47,6 +47,18 @@ def _scheduled_module(model, pass_options=None):
     return spec.pipeline(spec.make({}))(mod)
 
 
+def _loops_of(model, name_part: str) -> list:
+    """(extent, kind) of every loop in the scheduled PrimFuncs whose name contains ``name_part``."""
+    import tvm_ffi
+    from tvm import tirx
+
+    loops = []
+    for gv, func in _scheduled_module(model).functions_items():
+        if isinstance(func, tirx.PrimFunc) and name_part in gv.name_hint:
+            tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: loops.append((int(loop.extent), loop.kind))))
+    return loops
+
+
 def test_symbolic_rows_keep_register_tiles(rng):
     """With a symbolic row count, (1) every PrimFunc (VMShapeLower's shape_func too) is noalias:
     one that is not makes TVM's codegen give all buffers one alias tag, and LLVM then keeps the
@@ -220,7 +232,6 @@ def test_gemm_pads_weight_columns_to_the_widest_tile(m, k, n, gemm, rng):
 def test_transposes_run_in_square_tiles(perm, tiled, rng):
     """A transpose that reads its input down columns runs in 2 x lanes tiles (see _tile_transpose);
     one whose rows stay contiguous keeps the row loop. Both match ORT."""
-    import tvm_ffi
     from tvm import tirx
 
     from sparsec.backends.tvm.targets import host_vector_lanes
@@ -229,10 +240,7 @@ def test_transposes_run_in_square_tiles(perm, tiled, rng):
     out = [[1, 32, 4, 64][p] for p in perm]
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Transpose", ["r"], ["y"], perm=perm)]
     model = make(nodes, [f32("x", [1, 32, 256])], [f32("y", out)], [shape])
-    loops = []
-    for gv, func in _scheduled_module(model).functions_items():
-        if isinstance(func, tirx.PrimFunc) and "transpose" in gv.name_hint:
-            tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: loops.append((int(loop.extent), loop.kind))))
+    loops = _loops_of(model, "transpose")
     # the tile's rows: 2 x lanes, two vectors each (untiled: the row of 64, 64 / lanes vectors)
     lanes = host_vector_lanes()
     assert ((2, tirx.ForKind.SERIAL) in loops and (lanes, tirx.ForKind.VECTORIZED) in loops) == tiled
@@ -306,7 +314,6 @@ def test_register_tiles_fit_the_register_file(lanes, registers):
 def test_small_kernels_run_on_the_calling_thread(m, k, n, parallel, rng):
     """A kernel under SERIAL_WORK multiply-adds has no parallel loop (waking the pool would cost
     more than it saves); a larger one keeps its parallel loop. Both match ORT."""
-    import tvm_ffi
     from tvm import tirx
 
     from sparsec.backends.tvm.schedules.cpu import SERIAL_WORK
@@ -316,10 +323,7 @@ def test_small_kernels_run_on_the_calling_thread(m, k, n, parallel, rng):
     nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])]
     model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [w, b])
     assert (m * k * n >= SERIAL_WORK) == parallel
-    kinds = []
-    for gv, func in _scheduled_module(model).functions_items():
-        if isinstance(func, tirx.PrimFunc) and "matmul" in gv.name_hint:
-            tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: kinds.append(loop.kind)))
+    kinds = [kind for _, kind in _loops_of(model, "matmul")]
     assert kinds and (tirx.ForKind.PARALLEL in kinds) == parallel
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((m, k)).astype(np.float32)})
 
@@ -337,9 +341,6 @@ def test_small_kernels_run_on_the_calling_thread(m, k, n, parallel, rng):
 def test_gemm_loop_orders(m, k, n, order, k_blocked, gelu, rng):
     """Each loop order of the GEMM rule (chosen from the operand sizes), with and without K blocks,
     computes the same product."""
-    import tvm_ffi
-    from tvm import tirx
-
     from sparsec.backends.tvm.schedules.cpu import _gemm_loop_order, _gemm_tile, _k_block
     from sparsec.backends.tvm.targets import host_vector_lanes
 
@@ -358,10 +359,8 @@ def test_gemm_loop_orders(m, k, n, order, k_blocked, gelu, rng):
     else:
         b = [b]
     model = make(nodes, [f32("x", [m, k])], [f32("y", [m, n])], [w, *b])
-    extents = []  # the K-block loop (of extent kc) is in the scheduled GEMM exactly when expected
-    for gv, func in _scheduled_module(model).functions_items():
-        if isinstance(func, tirx.PrimFunc) and "matmul" in gv.name_hint:
-            tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: extents.append(int(loop.extent))))
+    # the K-block loop (of extent kc) is in the scheduled GEMM exactly when expected
+    extents = [extent for extent, _ in _loops_of(model, "matmul")]
     kc = _k_block(k, nr)
     assert (kc is not None and kc in extents) == k_blocked
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal((m, k)).astype(np.float32)})

@@ -235,7 +235,7 @@ class CPUMatmul(_CPURule):
 
 # Bytes of B's panel slice per K block (see CPUMatmul): 3/4 of a 32 KiB L1, the rest for the A
 # rows. Zen 3, 128-row GEMMs of 768 x 768, 768 x 3072 and 3072 x 768, one and two threads: blocks
-# of 256 (24 KiB) beat 128 and no blocking by 4-12%, and 384 on two of the three.
+# of 256 (24 KiB) beat 128 and no blocking by 4-12%; 384 measured the same within noise.
 K_BLOCK_BYTES = 24 * 1024
 # Rows of the partial-sum strip of a K-blocked GEMM (a buffer of STRIP_ROWS x NR), and the fewest
 # row tiles a strip must hold for K blocks to pay (each reuses the panel's slice once).
