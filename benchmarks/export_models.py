@@ -9,6 +9,8 @@ mixtral-moe.onnx    HF Mixtral, 2 layers, hidden 512, 8 experts top-2 (FFN 1024)
 qwen2-moe.onnx      HF Qwen2-MoE, 2 layers, hidden 512, 32 experts top-4 (FFN 256) + shared expert (FFN 1024)
 qwen3-moe.onnx      HF Qwen3-MoE, 2 layers, hidden 512, 64 experts top-8 (FFN 256), renormalised top-k
 *-moe-dynamo.onnx   the same three MoE models from torch's dynamo exporter (torch.export + onnxscript)
+mixtral-moe-eager.onnx  the Mixtral model with transformers' eager experts (a loop over the experts hit, traced
+                    on 16 tokens: ORT runs it only on inputs that hit all 8 experts in both layers)
 ppocr-det.onnx / ppocr-cls.onnx   trained PP-OCR CNNs shipped by rapidocr_onnxruntime (copied)
 """
 
@@ -39,6 +41,8 @@ def main(folder: str, only: list[str]) -> None:
         "qwen2-moe-dynamo": lambda: hf.qwen2_moe(layers=2, hidden=512, experts=32, top_k=4, ffn=256, shared_ffn=1024,
                                                  exporter="dynamo"),
         "qwen3-moe-dynamo": lambda: hf.qwen3_moe(layers=2, hidden=512, experts=64, top_k=8, ffn=256, exporter="dynamo"),
+        "mixtral-moe-eager": lambda: hf.mixtral(layers=2, hidden=512, experts=8, top_k=2, ffn=1024,
+                                                experts_implementation="eager"),
     }
     for name, build in builders.items():
         if only and name not in only:

@@ -125,8 +125,11 @@ def opt(layers: int = 2, hidden: int = 128, heads: int = 4, ffn: int = 512, seed
 
 
 def mixtral(layers: int = 1, hidden: int = 64, experts: int = 4, top_k: int = 2, ffn: int = 128, seed: int = 0,
-            experts_implementation: str = "batched_mm", exporter: str = "torchscript") -> onnx.ModelProto:
-    """A small Mixtral (MoE) decoder; ``experts_implementation`` and ``exporter`` pick the export shape."""
+            experts_implementation: str = "batched_mm", exporter: str = "torchscript",
+            trace_shape: tuple[int, int] = (2, 8)) -> onnx.ModelProto:
+    """A small Mixtral (MoE) decoder; ``experts_implementation`` and ``exporter`` pick the export shape.
+    ``trace_shape`` (batch, sequence) of the tracing input: an ``eager`` export is specialised to the
+    experts it hits."""
     torch, transformers = _torch()
     torch.manual_seed(seed)
     config = transformers.MixtralConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=ffn,
@@ -134,7 +137,7 @@ def mixtral(layers: int = 1, hidden: int = 64, experts: int = 4, top_k: int = 2,
                                         num_local_experts=experts, num_experts_per_tok=top_k,
                                         max_position_embeddings=256, attn_implementation="eager",
                                         experts_implementation=experts_implementation)
-    return _decoder_export(transformers.MixtralForCausalLM(config), 2, 8, exporter)
+    return _decoder_export(transformers.MixtralForCausalLM(config), *trace_shape, exporter)
 
 
 def qwen2_moe(layers: int = 1, hidden: int = 64, experts: int = 8, top_k: int = 2, ffn: int = 64,

@@ -59,6 +59,18 @@ def _einsum_over_experts(node: Node) -> bool:
         v.producer is not None and v.producer.op_type == "ScatterElements" for v in node.inputs)
 
 
+def _tops_a_scattered_sum(node: Node) -> bool:
+    """The top Add of a sum of rows scattered at ids NonZero found (a shared expert may be added
+    above it): the eager anchor."""
+    def scattered_sum(add: Node) -> bool:
+        if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+            return False
+        terms = [term.producer for term in moe_forms.sum_terms(add.outputs[0])]
+        return bool(terms) and all(t is not None and t.op_type == "ScatterElements" and
+                                   _derives_from(t.input(1), "NonZero", hops=6) for t in terms)
+    return scattered_sum(node) and not any(scattered_sum(c) for c in node.outputs[0].consumers())
+
+
 def _is_contrib_moe(node: Node) -> bool:
     return node.op_type == "MoE" and node.domain == "com.microsoft"
 
@@ -73,6 +85,7 @@ FORMS = [
     ("stacked", lambda n: _is_reduce_sum(n) and _sums_masked_experts(n), moe_forms.dense_masked),
     ("stacked", _einsum_over_experts, moe_forms.dense_masked),
     ("unrolled", _tops_an_expert_sum, moe_forms.unrolled),
+    ("eager", _tops_a_scattered_sum, moe_forms.eager),
     ("com.microsoft.MoE", _is_contrib_moe, moe_forms.contrib),
 ]
 
@@ -122,6 +135,13 @@ class MoEDispatch(Pass):
                 {"node": node.name, "experts": match.experts, "k": match.k, "activation": match.activation,
                  "gated": match.gated, "softmax": match.softmax, "normalize": bool(match.normalize),
                  "tokens": x_shape[0] if x_shape else None, "layout": match.layout})
+            if match.traced_experts is not None:
+                result.notes.append(
+                    f"{node.name}: transformers' 'eager' experts, a loop unrolled for the {match.traced_experts} experts "
+                    f"hit while tracing: the file runs only on inputs that route to exactly {match.traced_experts} of "
+                    f"the {match.experts} experts (ONNX Runtime fails on others); the dispatch runs on every input.")
+        if result.rewrites:
+            graph.eliminate_dead_code()  # the rewritten loops' NonZeros are gone before looking for the rest
         for nonzero, count in _loops_unrolled_at_trace_time(graph):
             result.notes.append(
                 f"{nonzero.name}: a mixture of experts exported from an expert loop unrolled for the {count} experts hit "
@@ -129,8 +149,6 @@ class MoEDispatch(Pass):
                 f"inputs that route to exactly {count} experts, and ONNX Runtime fails on others; not rewritten. "
                 "Re-export with experts_implementation='batched_mm', which moe-dispatch turns into dispatch.")
             result.details.setdefault("trace_specialised", []).append({"node": nonzero.name, "experts_traced": count})
-        if result.rewrites:
-            graph.eliminate_dead_code()
         return result
 
 

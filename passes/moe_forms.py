@@ -9,6 +9,10 @@
 - ``batched_mm``: transformers' ``batched_mm`` experts (Mixtral, Qwen2-MoE, Qwen3-MoE): each
   token repeated k times, the chosen experts' weights gathered per (token, slot), batched
   MatMuls, weighted, summed over the k slots. Anchor: the ``ReduceSum`` over the slots.
+- ``eager``: transformers' ``eager`` experts traced by the TorchScript exporter: a Python loop
+  over the experts hit (``NonZero`` of the expert mask, ``Split`` into as many ids as the trace
+  hit), each gathering its tokens, its stacked weights and its gate weights, and ``index_add``-ing
+  into zeros. Anchor: the top ``Add`` of the scattered terms.
 - ``contrib``: ONNX Runtime's ``com.microsoft.MoE`` op (TVM has no converter for it).
 
 Each condition that makes the rewrite exact is checked here, from the graph's structure and its
@@ -22,7 +26,7 @@ import numpy as np
 from sparsec.ir.graph import Node, Value
 
 from .moe_match import (Mismatch, MoEMatch, const, expert_bias, ints, match_activation, match_router, producer,
-                        shape_of)
+                        shape_of, through_casts)
 
 
 def match_hidden(h: Value) -> tuple[str, Value, bool]:
@@ -455,6 +459,222 @@ def _repeated_rows(rows: Value, k: int) -> Value:
     if ints(unsqueeze, 1, "axes") != [1]:
         raise Mismatch(f"tokens are not unsqueezed on axis 1 before the {tile.op_type}")
     return unsqueeze.input(0)
+
+
+# --- transformers eager: a loop over the experts hit, unrolled by the trace ------------------
+
+def eager(top: Node) -> MoEMatch:
+    """``zeros + sum_i ScatterElements(zeros, tok_i, y_i * w_i)`` (``index_add_`` per loop step),
+    where step i takes the i-th id of the experts hit, ``e_i = Split(NonZero(Greater(ReduceSum(
+    mask), 0)))[i]`` (split into ones, each piece used by one step), its rows ``(slot, tok) =
+    NonZero(mask[e_i])`` of ``mask = Transpose(OneHot(ids), [2, 1, 0])`` over the router's TopK
+    ids, ``y_i = lin2(hidden(lin1(x[tok])))`` with ``lin`` a MatMul by ``Gather(W, e_i)`` from one
+    stacked W, and ``w_i = weights.flatten()[tok * k + slot]``.
+
+    The file computes the MoE only when the input hits as many experts as the trace did (ORT fails
+    on others); there the steps together cover every expert hit, each token once per expert (top-k
+    ids are distinct), which is what the dispatch computes for every input."""
+    hits, steps = None, []
+    for term in sum_terms(top.outputs[0]):
+        step = _eager_step(term)
+        if hits is not None and step["hits"] is not hits:
+            raise Mismatch("the scattered terms take their expert ids from different NonZeros")
+        hits = step["hits"]
+        steps.append(step)
+    if not steps:
+        raise Mismatch("no scattered expert terms")
+    first = steps[0]
+    for key in ("x", "mask", "weights", "w1", "w1_out_in", "w2", "w2_out_in", "b1", "b2", "activation", "gated", "stride"):
+        if any(step[key] != first[key] for step in steps):
+            raise Mismatch(f"the loop steps differ in their {key}")
+    if sorted(step["piece"] for step in steps) != list(range(len(hits.outputs))):
+        raise Mismatch(f"the {len(steps)} steps do not use each of the {len(hits.outputs)} expert ids once")
+    _check_expert_hits(hits, first["mask"])
+    onehot = _one_hot_mask(first["mask"])
+    router = match_router(onehot.input(0), first["weights"])
+    w1, w2 = (const(first[key], "the stacked expert weights") for key in ("w1", "w2"))
+    w1 = np.ascontiguousarray(w1.transpose(0, 2, 1)) if first["w1_out_in"] else w1
+    w2 = np.ascontiguousarray(w2.transpose(0, 2, 1)) if first["w2_out_in"] else w2
+    _check_hidden_width(w1, w2, first["gated"])
+    experts, hidden = w2.shape[0], w2.shape[2]
+    if router["experts"] != experts or int(const(onehot.input(1), "the one-hot depth").ravel()[0]) < experts:
+        raise Mismatch(f"the router scores {router['experts']} experts, the weights hold {experts}")
+    if first["stride"] != router["k"]:
+        raise Mismatch(f"the gate weights are read with a row stride of {first['stride']}, not k = {router['k']}")
+    if shape_of(first["x"]) is None or len(shape_of(first["x"])) != 2:
+        raise Mismatch("the experts' input is not [tokens, hidden]")
+    b1 = None if first["b1"] is None else const(first["b1"], "an expert bias")
+    b2 = None if first["b2"] is None else const(first["b2"], "an expert bias")
+    return MoEMatch(first["x"], router["logits"], w1, expert_bias(b1, experts, w1.shape[2], "b1"), w2,
+                    expert_bias(b2, experts, hidden, "b2"), router["k"], first["activation"], router["softmax"],
+                    router["normalize"], first["gated"], "eager", traced_experts=len(hits.outputs))
+
+
+def _eager_step(term: Value) -> dict:
+    """One loop step's ``index_add_``: what it reads, checked to be the step the docstring of
+    ``eager`` describes."""
+    scatter = producer(term, "ScatterElements")
+    if scatter.attr("axis", 0) != 0 or scatter.attr("reduction", "none") not in ("none", b"none") \
+            or not _is_zeros(scatter.input(0)):
+        raise Mismatch("a summed term is not rows scattered into zeros along axis 0")
+    target = shape_of(scatter.input(0))
+    updates = _unexpanded(scatter.input(2), target[-1] if target and len(target) == 2 else None)
+    index = producer(scatter.input(1), "Expand")
+    shape = index.input(1).producer
+    if shape is None or shape.op_type != "Shape" or shape.input(0) is not scatter.input(2):
+        raise Mismatch("the scattered row ids are not expanded to the rows' shape")
+    tok = producer(index.input(0), "Unsqueeze")
+    if ints(tok, 1, "axes") not in ([1], [-1]):
+        raise Mismatch("the scattered row ids are not unsqueezed on the last axis")
+    tok = tok.input(0)
+    mul = producer(through_casts(updates), "Mul")
+    for y, scale in ((mul.input(0), mul.input(1)), (mul.input(1), mul.input(0))):
+        try:
+            weights, stride, slot, tok_w = _gate_rows(scale)
+            break
+        except Mismatch:
+            continue
+    else:
+        raise Mismatch("the expert rows are not multiplied by their gate weights")
+    mask, expert, slot_m = _expert_rows(tok)
+    if tok_w is not tok or slot is not slot_m:
+        raise Mismatch("the gate weights are read at other rows than the expert's tokens and slots")
+    w2, b2, h = _gathered_linear(y, expert)
+    activation, pre, gated = match_hidden(h)
+    w1, b1, rows = _gathered_linear(pre, expert)
+    x = producer(rows, "Gather")
+    if x.attr("axis", 0) != 0 or x.input(1) is not tok:
+        raise Mismatch("the expert's input rows are not its tokens")
+    hits, piece = _hit_expert(expert)
+    return {"hits": hits, "piece": piece, "x": x.input(0), "mask": mask, "weights": weights, "stride": stride,
+            "w1": w1[0], "w1_out_in": w1[1], "w2": w2[0], "w2_out_in": w2[1], "b1": b1, "b2": b2,
+            "activation": activation, "gated": gated}
+
+
+def _unexpanded(value: Value, width) -> Value:
+    """u from ``Expand(u, shape)`` (or u itself) where u has the scatter target's static ``width``
+    columns. The Expand can then only repeat rows, and only a single one (one token): its copies
+    scatter the same values to the same token, as u alone does."""
+    node = value.producer
+    u = node.input(0) if node is not None and node.op_type == "Expand" else value
+    own = shape_of(u)
+    if not isinstance(width, int) or own is None or len(own) != 2 or own[1] != width:
+        raise Mismatch(f"the scattered rows are not [rows, {width}]")
+    return u
+
+
+def _gate_rows(value: Value) -> tuple[Value, int, Value, Value]:
+    """(weights [T, k], k, slot, tok) for ``Reshape*(Gather(Flatten(Unsqueeze(weights, 2), 2), slot
+    + tok * k))`` (``weights[tok, slot, None]``), the Reshapes keeping ``[rows, 1]``."""
+    while value.producer is not None and value.producer.op_type == "Reshape" and _column(value) \
+            and _column(value.producer.input(0)):
+        value = value.producer.input(0)
+    gather = producer(value, "Gather")
+    flat = producer(gather.input(0), "Flatten")
+    column = producer(flat.input(0), "Unsqueeze")
+    weights = column.input(0)
+    if gather.attr("axis", 0) != 0 or flat.attr("axis", 1) != 2 or ints(column, 1, "axes") not in ([2], [-1]) \
+            or shape_of(weights) is None or len(shape_of(weights)) != 2:
+        raise Mismatch("the gate weights are not read from the flattened [tokens, k] weights")
+    add = producer(gather.input(1), "Add")
+    for slot, scaled in ((add.input(0), add.input(1)), (add.input(1), add.input(0))):
+        mul = scaled.producer
+        if mul is None or mul.op_type != "Mul":
+            continue
+        for tok, stride in ((mul.input(0), mul.input(1)), (mul.input(1), mul.input(0))):
+            if stride.const is not None and stride.const.size == 1:
+                return weights, int(stride.const.ravel()[0]), slot, tok
+    raise Mismatch("the gate weights are not read at tok * k + slot")
+
+
+def _column(value: Value) -> bool:
+    shape = shape_of(value)
+    return shape is not None and len(shape) == 2 and shape[1] == 1
+
+
+def _expert_rows(tok: Value) -> tuple[Value, Value, Value]:
+    """(mask, e, slot) for ``slot, tok = Squeeze(Split(Transpose(NonZero(mask[e])), axis 1), 1)``."""
+    tok_squeeze = producer(tok, "Squeeze")
+    split = producer(tok_squeeze.input(0), "Split")
+    if split.attr("axis", 0) not in (1, -1) or len(split.outputs) != 2 or split.outputs[1] is not tok_squeeze.input(0):
+        raise Mismatch("the expert's tokens are not the second column of its NonZero")
+    slot_squeeze = [c for c in split.outputs[0].consumers() if c.op_type == "Squeeze"]
+    if len(slot_squeeze) != 1 or any(ints(n, 1, "axes") not in ([1], [-1]) for n in (slot_squeeze[0], tok_squeeze)):
+        raise Mismatch("the expert's slots and tokens are not squeezed columns")
+    transpose = producer(split.input(0), "Transpose")
+    if list(transpose.attr("perm", [])) != [1, 0]:
+        raise Mismatch("the NonZero of the expert's mask is not transposed [1, 0]")
+    nonzero = producer(transpose.input(0), "NonZero")
+    cast = nonzero.input(0).producer  # NonZero of Cast(one-hot, bool) reads the one-hot's non-zeros
+    row = producer(cast.input(0) if cast is not None and cast.op_type == "Cast" else nonzero.input(0), "Gather")
+    if row.attr("axis", 0) != 0:
+        raise Mismatch("the expert's mask is not a row of the expert mask")
+    return row.input(0), row.input(1), slot_squeeze[0].outputs[0]
+
+
+def _one_hot_mask(mask: Value) -> Node:
+    """The OneHot under ``mask = Transpose(OneHot(ids, depth, [0, on]), [2, 1, 0])``: ``mask[e]`` is
+    ``[k, T]``, so NonZero's columns are (slot, token)."""
+    transpose = producer(mask, "Transpose")
+    onehot = producer(transpose.input(0), "OneHot")
+    values = onehot.input(2).const if onehot.input(2) is not None else None
+    if list(transpose.attr("perm", [])) != [2, 1, 0] or onehot.attr("axis", -1) not in (-1, 2) or values is None \
+            or values.size != 2 or values.ravel()[0] != 0 or values.ravel()[1] == 0:
+        raise Mismatch("the expert mask is not the router ids' one-hot, transposed [2, 1, 0]")
+    return onehot
+
+
+def _hit_expert(expert: Value) -> tuple[Node, int]:
+    """(Split, i) for ``e = Gather(Squeeze(Split(Transpose(hits), axis 0)[i], 0), 0)``, pieces of one."""
+    gather = producer(expert, "Gather")
+    index = gather.input(1).const
+    if gather.attr("axis", 0) != 0 or index is None or index.size != 1 or int(index.ravel()[0]) != 0:
+        raise Mismatch("the expert id is not the first element of its piece of the ids hit")
+    squeeze = producer(gather.input(0), "Squeeze", "Reshape")
+    split = producer(squeeze.input(0), "Split")
+    sizes = split.input(1).const if len(split.inputs) > 1 and split.input(1) is not None else None
+    if split.attr("axis", 0) != 0 or sizes is None or not np.all(np.ravel(sizes) == 1):
+        raise Mismatch("the ids of the experts hit are not split into pieces of one")
+    return split, split.outputs.index(squeeze.input(0))
+
+
+def _check_expert_hits(split: Node, mask: Value) -> None:
+    """The split ids are ``NonZero(ReduceSum(mask, all but the expert axis) > 0)``: every expert hit."""
+    transpose = producer(split.input(0), "Transpose")
+    nonzero = producer(transpose.input(0), "NonZero")
+    greater = producer(nonzero.input(0), "Greater")
+    total = producer(greater.input(0), "ReduceSum")
+    zero = greater.input(1).const
+    rank = len(shape_of(mask) or [])
+    axes = sorted(a % rank for a in (ints(total, 1, "axes") or [])) if rank else None
+    if list(transpose.attr("perm", [])) != [1, 0] or zero is None or np.any(zero) or total.input(0) is not mask \
+            or axes != list(range(1, rank)) or total.attr("keepdims", 1) != 0:
+        raise Mismatch("the experts looped over are not those the mask routes any token to")
+
+
+def _gathered_linear(value: Value, expert: Value) -> tuple[tuple[Value, bool], Value | None, Value]:
+    """``a @ Gather(W, e)`` (W ``[E, in, out]``) or ``a @ Transpose(Gather(W, e))`` (``[E, out, in]``),
+    plus an optional ``Gather(b, e)``; returns ((W, is out-in), b, a)."""
+    bias = None
+    node = value.producer
+    if node is not None and node.op_type == "Add":
+        for inner, other in ((node.input(0), node.input(1)), (node.input(1), node.input(0))):
+            picked = other.producer
+            if picked is not None and picked.op_type == "Gather" and picked.input(1) is expert \
+                    and picked.input(0).const is not None:
+                bias, node = picked.input(0), inner.producer
+                break
+    if node is None or node.op_type != "MatMul":
+        raise Mismatch(f"an expert layer is {node.op_type if node else 'an input'}, not a MatMul by gathered weights")
+    weight, out_in = node.input(1), False
+    if weight.producer is not None and weight.producer.op_type == "Transpose" \
+            and list(weight.producer.attr("perm", [])) == [1, 0]:
+        weight, out_in = weight.producer.input(0), True
+    gather = producer(weight, "Gather")
+    if gather.attr("axis", 0) != 0 or gather.input(1) is not expert or gather.input(0).const is None \
+            or gather.input(0).const.ndim != 3:
+        raise Mismatch("an expert layer's weights are not this step's expert of one stacked constant")
+    return (gather.input(0), out_in), bias, node.input(0)
 
 
 # --- com.microsoft.MoE ----------------------------------------------------------------------

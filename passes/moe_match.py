@@ -35,6 +35,7 @@ class MoEMatch:
     normalize: int
     gated: bool
     layout: str
+    traced_experts: int | None = None  # eager exports: the experts hit while tracing (the file runs only there)
 
     @property
     def experts(self) -> int:

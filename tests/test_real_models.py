@@ -75,11 +75,75 @@ def test_hf_batched_mm_moe_dispatches_and_matches_ort(name, top_k, exporter, rng
     assert_matches_ort(single, model, {"input_ids": np.array([[11]], np.int64), "attention_mask": np.ones((1, 1), np.int64)})
 
 
-def test_trace_specialised_eager_moe_is_refused_with_the_reason(rng):
-    """transformers' eager experts, traced: a loop unrolled for the experts hit at export time. ORT
-    fails on inputs that hit another number of experts; sparsec says so instead of a TVM error."""
-    model = hf.mixtral(experts_implementation="eager")
-    with pytest.raises(sparsec.CompileError, match="unrolled for the 4 experts hit while tracing(.|\n)*batched_mm"):
+@functools.cache
+def exported_eager(name: str, **kw) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """An ``eager`` export and a ``batched_mm`` export of the same weights (same seed)."""
+    return getattr(hf, name)(experts_implementation="eager", **kw), getattr(hf, name)(**kw)
+
+
+def ort_or_none(model: onnx.ModelProto, feeds: dict):
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        return session.run(None, feeds)[0]
+    except Exception as error:  # the trace-specialised Split fails on another number of experts hit
+        assert "Split" in str(error)
+        return None
+
+
+@pytest.mark.parametrize("name, kw, traced", [("mixtral", (), 4), ("qwen2_moe", (), 8), ("qwen3_moe", (), 8),
+                                              ("mixtral", (("experts", 8), ("top_k", 1), ("trace_shape", (1, 3))), 3)])
+def test_trace_specialised_eager_moe_dispatches_on_every_input(name, kw, traced, rng):
+    """transformers' eager experts, traced: a loop unrolled for the experts hit at export time, which
+    ORT runs only on inputs that hit as many experts. moe-dispatch rewrites it into dispatch: equal
+    to ORT on the file wherever that runs, and to ORT on the batched_mm export of the same weights
+    everywhere (all tokens the same, so few experts hit, included)."""
+    eager, batched = exported_eager(name, **dict(kw))
+    compiled = sparsec.compile(eager, dims={"batch": 2, "sequence": 8})
+    assert compiled.report["rewrites"].get("moe-dispatch") == 1
+    (found,) = compiled.report["details"]["moe-dispatch"]["moe"]
+    assert (found["layout"], found["gated"], found["activation"]) == ("eager", True, "silu")
+    assert "trace_specialised" not in compiled.report["details"]["moe-dispatch"]
+    assert any(f"unrolled for the {traced} experts hit" in note and "runs on every input" in note
+               for note in compiled.report["notes"]["moe-dispatch"])
+    runs_on_file = 0
+    for trial in range(4):
+        feeds = token_feeds(rng, 2, 8)
+        if trial == 3:
+            feeds["input_ids"][:] = 7  # every token routed to the same top-k experts
+        got = compiled.run(feeds)[0]
+        np.testing.assert_allclose(got, ort_or_none(batched, feeds), rtol=1e-4, atol=1e-4)
+        on_file = ort_or_none(eager, feeds)
+        if on_file is not None:
+            np.testing.assert_allclose(got, on_file, rtol=1e-4, atol=1e-4)
+            runs_on_file += 1
+    assert ort_or_none(eager, feeds) is None  # the file fails where the dispatch runs
+    if traced == found["experts"]:  # random tokens hit every expert, as the trace did
+        assert runs_on_file >= 2
+
+
+def test_eager_moe_dispatches_with_unpinned_dims(rng):
+    """Compiled with batch and sequence symbolic, then run at shapes unlike the trace's, a single
+    token included: equal to ORT on the batched_mm export of the same weights."""
+    eager, batched = exported_eager("mixtral")
+    compiled = sparsec.compile(eager)
+    assert compiled.report["rewrites"].get("moe-dispatch") == 1
+    for batch, seq in ((1, 1), (3, 5)):
+        feeds = token_feeds(rng, batch, seq)
+        feeds["attention_mask"][:] = 1
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_or_none(batched, feeds), rtol=1e-4, atol=1e-4)
+
+
+def test_eager_moe_that_is_not_a_whole_loop_is_refused_with_the_reason(rng):
+    """A loop whose steps do not cover every expert id hit (one step's term removed) is not the
+    MoE: not rewritten, and the TVM build is refused with the reason instead of a TVM error."""
+    eager, _ = exported_eager("mixtral")
+    model = onnx.ModelProto()
+    model.CopyFrom(eager)
+    top = next(n for n in model.graph.node if n.name == "/model/model/layers.0/mlp/experts/Add_11")
+    top.op_type, top.input[:] = "Identity", top.input[:1]  # drops the last expert's scattered rows
+    with pytest.raises(sparsec.CompileError, match="do not use each of the 4 expert ids once(.|\n)*"
+                                                   "unrolled for the 4 experts hit while tracing"):
         sparsec.compile(model, dims={"batch": 2, "sequence": 8})
     kept = sparsec.compile(model, dims={"batch": 2, "sequence": 8}, backend="ort")  # runs as written, flagged
     assert kept.report["details"]["moe-dispatch"]["trace_specialised"] == [
