@@ -10,7 +10,8 @@ qwen2-moe.onnx      HF Qwen2-MoE, 2 layers, hidden 512, 32 experts top-4 (FFN 25
 qwen3-moe.onnx      HF Qwen3-MoE, 2 layers, hidden 512, 64 experts top-8 (FFN 256), renormalised top-k
 *-moe-dynamo.onnx   the same three MoE models from torch's dynamo exporter (torch.export + onnxscript)
 mixtral-moe-eager.onnx  the Mixtral model with transformers' eager experts (a loop over the experts hit, traced
-                    on 16 tokens: ORT runs it only on inputs that hit all 8 experts in both layers)
+                    on 16 tokens: ORT runs it only on inputs that hit as many experts in each layer), and
+mixtral-moe-eager-inputs.npz  16 tokens ([2, 8]) on which ORT runs that file
 ppocr-det.onnx / ppocr-cls.onnx   trained PP-OCR CNNs shipped by rapidocr_onnxruntime (copied)
 """
 
@@ -51,12 +52,36 @@ def main(folder: str, only: list[str]) -> None:
         if not path.exists():
             onnx.save(build(), path)
         print(path)
+        if name == "mixtral-moe-eager":
+            print(_inputs_the_trace_accepts(path))
     shipped = Path(rapidocr_onnxruntime.__file__).parent / "models"
     for name, source in {"ppocr-det": "ch_PP-OCRv4_det_infer.onnx", "ppocr-cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}.items():
         if only and name not in only:
             continue
         shutil.copyfile(shipped / source, out / f"{name}.onnx")
         print(out / f"{name}.onnx")
+
+
+def _inputs_the_trace_accepts(path: Path) -> Path:
+    """Random [2, 8] token ids (seeded) on which ORT runs a trace-specialised file: the first
+    that routes to as many experts per layer as the trace did."""
+    import numpy as np
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # the failing runs are expected: keep them quiet
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        feeds = {"input_ids": rng.integers(0, 1000, (2, 8)).astype(np.int64), "attention_mask": np.ones((2, 8), np.int64)}
+        try:
+            session.run(None, feeds)
+        except Exception:  # noqa: BLE001 - ORT's Split fails on another number of experts hit
+            continue
+        out = path.with_name(path.stem + "-inputs.npz")
+        np.savez(out, **feeds)
+        return out
+    raise SystemExit(f"no input found on which ORT runs {path}")
 
 
 if __name__ == "__main__":
