@@ -1,6 +1,8 @@
 """`moe-dispatch`: dense-masked MoEs run only the routed experts, with ORT's outputs."""
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 import sparsec
@@ -93,6 +95,45 @@ def test_token_counts_and_identical_tokens(tokens, rng):
     assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 32)).astype(np.float32)})
     same = np.repeat(rng.standard_normal((1, 32)).astype(np.float32), tokens, axis=0)  # all to the same experts
     assert_matches_ort(compiled, model, {"x": same})
+
+
+def _with_router(model, weights: np.ndarray, bias: np.ndarray):
+    """The model with its (first) router's weights and bias replaced."""
+    for init in model.graph.initializer:
+        if init.name in ("l0_wr", "l0_br"):
+            init.CopyFrom(onnx.numpy_helper.from_array(weights if init.name == "l0_wr" else bias, init.name))
+    return model
+
+
+@pytest.mark.parametrize("softmax", ["before", "after"])
+def test_router_ties_go_to_the_lower_expert_id_as_in_onnx_topk(softmax, rng):
+    """The router runs inside the kernel: equal scores pick the lower expert ids, as ONNX TopK
+    does (all experts equal; then pairs of equal experts)."""
+    model = dense_masked_moe(32, 48, 8, 2, tokens=5, softmax=softmax, normalize=False, seed=4)
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    for bias in (np.zeros(8, np.float32), np.repeat(np.arange(4, dtype=np.float32), 2)):
+        tied = _with_router(model, np.zeros((32, 8), np.float32), bias)
+        compiled = sparsec.compile(tied)
+        assert compiled.report["rewrites"]["moe-dispatch"] == 1  # (the zero router may also run sparse)
+        assert_matches_ort(compiled, tied, {"x": x})
+
+
+def test_many_tokens_route_in_parallel(rng):
+    """Above SERIAL_ROUTING_SCORES (token, expert) scores the router loop runs in parallel."""
+    from sparsec.backends.tvm.kernels.experts import SERIAL_ROUTING_SCORES
+    tokens = SERIAL_ROUTING_SCORES // 64 + 8
+    model = dense_masked_moe(32, 48, 64, 2, tokens=tokens, seed=5)
+    compiled = sparsec.compile(model)
+    assert compiled.report["rewrites"] == {"moe-dispatch": 1}
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((tokens, 32)).astype(np.float32)})
+
+
+def test_moe_builds_and_runs_for_the_c_target(rng):
+    """The c target's C backend cannot build TVM's topk; the router in the kernel needs none."""
+    model = dense_masked_moe(32, 48, 8, 2, tokens=4, seed=6)
+    compiled = sparsec.compile(model, target="c")
+    assert compiled.report["rewrites"] == {"moe-dispatch": 1}
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
 
 
 def test_no_expert_matmul_is_left_and_ort_runs_the_rewritten_graph(rng):

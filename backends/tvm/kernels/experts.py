@@ -1,8 +1,11 @@
 """CPU kernel of ``sparsec.MoE``: route, group tokens by expert, run only the active experts.
 
-The router (softmax, top-k, renormalisation) runs as Relax ops inside the compiled graph; one
-PrimFunc then does the rest with no Python in between:
+One PrimFunc takes the router's logits and does the rest with no Python in between:
 
+0. the router: per token, the k largest of softmax(logits) (or of the logits, softmax after),
+   ties to the lower expert id as ONNX TopK, optionally renormalised. In the kernel rather than
+   as Relax ops: one call instead of five at one token, and TVM 0.27's C backend cannot build
+   its topk (the generated C does not compile);
 1. counting sort of the (token, slot) pairs by expert: per-expert offsets, token and weight per
    position (serial: T x k small integers);
 2. ``h[pos] = act(x[token] @ W1[e] + b1[e])`` for each active expert's positions, in MR-row
@@ -70,11 +73,20 @@ def _activation(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: str, gated: bool = False):
+# Routing serially on the calling thread below this many (token, expert) scores: a parallel loop
+# wakes the thread pool (15-30 us when it does not spin), more than E exps for a few tokens cost.
+SERIAL_ROUTING_SCORES = 8192
+
+
+def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: str, gated: bool = False,
+               softmax: str = "before", normalize: bool = False):
     """``tokens``: an int, or a ``tirx.Var`` for a symbolic token count (``s_tir=True`` keeps the
     buffers free of the layouts TVM 0.27 would rebuild with a fresh copy of the variable).
-    ``ffn`` is F, the width of the hidden layer (W1 holds 2F columns when ``gated``)."""
+    ``ffn`` is F, the width of the hidden layer (W1 holds 2F columns when ``gated``); ``softmax``
+    and ``normalize`` are the router's, as ``sparsec.MoE`` states them."""
     act = _activation(activation)
+    route_loop = T.serial if isinstance(tokens, int) and tokens * experts <= SERIAL_ROUTING_SCORES else T.parallel
+    before = softmax == "before"
     MR = _tile_rows()  # noqa: N806 (a constant of the kernel, as in its TIR)
     pairs = tokens * k
     ft, ht = _ffn_tile(ffn, gated), _tile(hidden)
@@ -116,12 +128,66 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
                 y[token_at[offsets[e] + g * MR + i], ho * ht + v] = (
                     y[token_at[offsets[e] + g * MR + i], ho * ht + v] + weight_at[offsets[e] + g * MR + i] * acc2[i, v])
 
+    @T.macro
+    def route(logits, idx, gate, score, best, taken, t):
+        # score[e]: softmax(logits[t])[e] (before) or logits[t, e] (after); best: the max, then the sum
+        best[0] = logits[t, 0]
+        for e in range(1, experts):
+            best[0] = T.max(best[0], logits[t, e])
+        best[1] = T.float32(0)
+        for e in range(experts):
+            if before:
+                score[e] = T.exp(logits[t, e] - best[0])
+                best[1] = best[1] + score[e]
+            else:
+                score[e] = logits[t, e]
+        if before:
+            for e in range(experts):
+                score[e] = score[e] / best[1]
+        # k passes, each taking the largest score not yet taken (strictly larger: ties go to the lower id)
+        for j in range(k):
+            idx[t, j] = -1
+            for e in range(experts):
+                taken[0] = 0
+                for i in range(j):
+                    if idx[t, i] == e:
+                        taken[0] = 1
+                if taken[0] == 0:
+                    if idx[t, j] < 0:
+                        idx[t, j] = e
+                        gate[t, j] = score[e]
+                    elif score[e] > gate[t, j]:
+                        idx[t, j] = e
+                        gate[t, j] = score[e]
+        if before:
+            if normalize:
+                best[1] = T.float32(0)
+                for j in range(k):
+                    best[1] = best[1] + gate[t, j]
+                for j in range(k):
+                    gate[t, j] = gate[t, j] / best[1]
+        else:  # softmax over the k chosen logits, the first of which is the largest
+            best[1] = T.float32(0)
+            for j in range(k):
+                gate[t, j] = T.exp(gate[t, j] - score[idx[t, 0]])
+                best[1] = best[1] + gate[t, j]
+            for j in range(k):
+                gate[t, j] = gate[t, j] / best[1]
+
     @T.prim_func(private=True, s_tir=True)
-    def kernel(x: T.Buffer((tokens, hidden), "float32"), idx: T.Buffer((tokens, k), "int32"),
-               gate: T.Buffer((tokens, k), "float32"), w1: T.Buffer((experts, ffn // ft, hidden, wt), "float32"),
+    def kernel(x: T.Buffer((tokens, hidden), "float32"), logits: T.Buffer((tokens, experts), "float32"),
+               w1: T.Buffer((experts, ffn // ft, hidden, wt), "float32"),
                b1: T.Buffer((experts, width1), "float32"), w2: T.Buffer((experts, hidden // ht, ffn, ht), "float32"),
                b2: T.Buffer((experts, hidden), "float32"), y: T.Buffer((tokens, hidden), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        idx = T.alloc_buffer((tokens, k), "int32")
+        gate = T.alloc_buffer((tokens, k), "float32")
+        # 0. the router, per token
+        for t in route_loop(tokens):
+            score = T.decl_buffer((experts,), "float32")
+            best = T.decl_buffer((2,), "float32")
+            taken = T.decl_buffer((1,), "int32")
+            route(logits, idx, gate, score, best, taken, t)
         offsets = T.alloc_buffer((experts + 1,), "int32")
         fill = T.alloc_buffer((experts,), "int32")
         token_at = T.alloc_buffer((pairs,), "int32")
@@ -273,10 +339,10 @@ def _moe_signature(node: Node, x):
 def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
     x, logits, w1, b1, w2, b2 = inputs[:6]
     tokens, count, hidden, ffn, experts, k, activation, gated, name = _moe_signature(node, x)
-    idx, weights = _route(bb, node, logits)
-    kernel = bb.add_func(moe_kernel(tokens, hidden, ffn, experts, k, activation, gated), name)
+    kernel = bb.add_func(moe_kernel(tokens, hidden, ffn, experts, k, activation, gated, node.attr("softmax"),
+                                    bool(node.attr("normalize", 0))), name)
     w1p, b1p, w2p = pack_expert_weights(node.input(2).const, node.input(3).const, node.input(4).const, gated)
-    return relax.call_tir(kernel, [x, idx, weights, relax.const(w1p), relax.const(b1p), relax.const(w2p), b2],
+    return relax.call_tir(kernel, [x, logits, relax.const(w1p), relax.const(b1p), relax.const(w2p), b2],
                           relax.TensorType([count, hidden], "float32"))
 
 
