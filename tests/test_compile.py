@@ -639,10 +639,10 @@ def test_run_time_sizes_are_refused_at_compile_time(op, inputs, why):
     (32, 7, 3, 1, 1),     # rows narrower than a vector
     (16, 20, 5, 1, 1),    # 5x5: two output rows per tile
     (8, 15, 5, 1, 2),     # 5x5 with an odd row count: a row per tile
-    (16, 28, 3, 2, 1),    # stride 2, even padded width: even and odd columns stored apart
+    (16, 28, 3, 2, 1),    # stride 2: every other column, read as contiguous vectors and a shuffle
     (48, 28, 3, 2, 2),    # the same padded per channel tile (24 tiles), batch 2
-    (16, 18, 5, 2, 1),    # stride 2 with a 5x5 window
-    (16, 27, 3, 2, 1),    # stride 2, odd padded width: read strided
+    (16, 18, 5, 2, 1),    # stride 2 with a 5x5 window (two output rows per tile)
+    (16, 27, 3, 2, 1),    # stride 2, odd width
     (48, 40, 3, 1, 1),    # rows of more than 4 vectors
 ])
 def test_depthwise_tiles(channels, size, k, stride, batch, rng):

@@ -29,7 +29,8 @@ class TVMBackend:
         tuning, database = _tuning(spec, tvm_target, mod, options)
         try:
             with tvm.transform.PassContext(config=spec.build_config):
-                executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.pipeline(tvm_target, database))
+                executable = tvm.compile(mod, target=tvm_target, relax_pipeline=spec.pipeline(tvm_target, database),
+                                         tir_pipeline=spec.tir_pipeline)
             if spec.compiles_source:
                 executable.jit()
         except SparsecError:

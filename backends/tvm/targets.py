@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...errors import SparsecError
+from .strided_loads import PIPELINE as CONTIGUOUS_LOADS_PIPELINE
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class TargetSpec:
     # Emits source that a C compiler builds when the model first runs: built once at compile time
     # too, so that a compiler error is a compile error, not a run-time one.
     compiles_source: bool = False
+    tir_pipeline: str = "default"  # TVM's TIR lowering pipeline, by its registered name
 
 
 _TARGETS: dict[str, TargetSpec] = {}
@@ -165,7 +167,8 @@ def _detected_cuda_arch() -> str | None:
 register_target(TargetSpec(
     "llvm", "this host's CPU through LLVM (mcpu detected, vectorised and multi-threaded)",
     _llvm_target, _cpu_pipeline, _device("cpu"), lambda: (True, ""),
-    {"mcpu": "LLVM CPU name (default: detected)", "num_cores": "threads (default: all cores)"}, tunable=True))
+    {"mcpu": "LLVM CPU name (default: detected)", "num_cores": "threads (default: all cores)"}, tunable=True,
+    tir_pipeline=CONTIGUOUS_LOADS_PIPELINE))
 register_target(TargetSpec(
     "cuda", "NVIDIA GPUs (CUDA); compiles without a GPU, runs where one exists",
     _cuda_target, _gpu_pipeline, _device("cuda"), _runtime_exists("cuda"),

@@ -497,20 +497,13 @@ class CPUConv(_CPURule):
         pad_block = padded[0] if len(padded) == 1 else None
         depthwise = _static(sch.get(rc).extent) == 1 and _channel_follows_output(stmt, pad_block, sch)
         stride = _column_stride(stmt, pad_block, sch)
-        if depthwise and stride == 2 and _padded_even(sch, padded[0]):
-            # Stride 2 reads every other input column: a gather per lane. The padded input is
-            # stored as even and odd columns apart ([.., W] -> [.., 2, W / 2]), so each kernel
-            # column reads a contiguous run of one of them (its writes become the scattered
-            # side). Side by side on Zen 3, 3x3: 96 channels at 112x112 3.02 -> 1.97 ms, 64 at
-            # 112x112 1.01 -> 0.83, 192 at 28x28 0.21 -> 0.17, 576 at 14x14 0.135 -> 0.125, but
-            # 144 at 56x56 0.34 -> 0.39 (ORT 1.33, 0.56, 0.13, 0.11, 0.24: still ahead).
-            # The padding then loops over the halves it writes, so its stores are contiguous (its
-            # reads, every other column, are not): side by side, 144 channels at 56x56 0.51 ->
-            # 0.41 ms, 192 at 28x28 0.183 -> 0.170, at 112x112 within noise (ORT 0.25, 0.14).
-            sch.transform_layout(padded[0], ("write", 0), lambda *i: (*i[:-1], i[-1] % 2, i[-1] // 2))
-            sch.transform_block_layout(padded[0], lambda n, c, y, x: (n, c, y, x % 2, x // 2))
-            stride = 1
-        row_tile = depthwise and stride == 1
+        # A depthwise convolution gets the row tile at stride 2 as well: its vectors read every
+        # other padded column, which the TIR pipeline (strided_loads) turns into contiguous loads
+        # and a shuffle. Side by side on Zen 3 (ms, median / min of 60, ORT in brackets) against
+        # the padded input stored as even and odd columns apart, which this replaced: 64 channels
+        # at 112x112 1.04 / 0.68 -> 0.85 / 0.44 (0.55), 96 at 112x112 1.37 / 1.14 -> 1.10 / 0.89
+        # (0.90), 192 at 28x28 0.164 -> 0.152 (0.129), 144 at 56x56 equal (0.65 vs 0.39).
+        row_tile = depthwise and stride in (1, 2)
         if row_tile:
             xv, fr, xm = _depthwise_tile(f_extent, x_extent, lanes, xv)
         packed = _pack_conv_weights(sch, func, main, fr) if fr > 1 else None
@@ -616,12 +609,6 @@ def _conv_channel_chunk(channels, ky, kx, width, fr) -> int | None:
     return chunk if chunk < channels else None
 
 
-def _padded_even(sch, pad_block) -> bool:
-    """Whether the padded input's rows have an even width (so they split into two halves)."""
-    width = _static(sch.get(pad_block).writes[0].source.shape[-1])
-    return width is not None and width % 2 == 0
-
-
 def _channel_follows_output(stmt, pad_block, sch) -> bool:
     """Whether the convolution reads input channel f for output channel f (depthwise), not a
     channel shared by all outputs (a one-channel image under a group-1 convolution)."""
@@ -667,7 +654,7 @@ def _coefficient(expr, var) -> int | None:
 
 
 def _depthwise_tile(channels: int, width: int, lanes: int, vector: int) -> tuple[int, int, int]:
-    """(XV, FR, XM) for a unit-stride depthwise convolution: two channels (each with its own input
+    """(XV, FR, XM) for a depthwise convolution (stride 1 or 2): two channels (each with its own input
     rows and weights) by the whole output row, as whole vectors where the row splits into them,
     else as one vector of the row's width up to 4 vectors (LLVM splits a 14-wide one into 8-, 4-
     and 2-lane pieces). The general tile took 8 channels x 2-lane vectors for rows of 14: 16
