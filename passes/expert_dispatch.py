@@ -65,7 +65,7 @@ def _tops_a_scattered_sum(node: Node) -> bool:
     def scattered_sum(add: Node) -> bool:
         if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
             return False
-        terms = [term.producer for term in moe_forms.sum_terms(add.outputs[0])]
+        terms = [leaf.producer for leaf in moe_forms._add_tree(add.outputs[0])[1] if not moe_forms._is_zeros(leaf)]
         return bool(terms) and all(t is not None and t.op_type == "ScatterElements" and
                                    _derives_from(t.input(1), "NonZero", hops=6) for t in terms)
     return scattered_sum(node) and not any(scattered_sum(c) for c in node.outputs[0].consumers())
@@ -123,6 +123,10 @@ class MoEDispatch(Pass):
         for node, form, match in self.find(graph):
             if isinstance(match, Mismatch):
                 result.notes.append(f"{node.name}: looks like a {form} MoE but is not rewritten: {match}")
+                continue
+            if not 1 <= match.k <= match.experts:
+                result.notes.append(f"{node.name}: a {form} MoE picking the top {match.k} of {match.experts} experts "
+                                    "is not rewritten (k must be between 1 and the number of experts)")
                 continue
             if not ctx.has_kernel("MoE"):
                 result.notes.append(f"{node.name}: a {form} MoE with {match.experts} experts, top-{match.k}, not rewritten: "

@@ -22,6 +22,7 @@ inferred shapes; what cannot be proven is a ``Mismatch``.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from sparsec.ir.graph import Node, Value
 
@@ -475,7 +476,8 @@ def eager(top: Node) -> MoEMatch:
     on others); there the steps together cover every expert hit, each token once per expert (top-k
     ids are distinct), which is what the dispatch computes for every input."""
     hits, steps = None, []
-    for term in sum_terms(top.outputs[0]):
+    sums, leaves = _add_tree(top.outputs[0])
+    for term in (leaf for leaf in leaves if not _is_zeros(leaf)):
         step = _eager_step(term)
         if hits is not None and step["hits"] is not hits:
             raise Mismatch("the scattered terms take their expert ids from different NonZeros")
@@ -503,6 +505,9 @@ def eager(top: Node) -> MoEMatch:
         raise Mismatch(f"the gate weights are read with a row stride of {first['stride']}, not k = {router['k']}")
     if shape_of(first["x"]) is None or len(shape_of(first["x"])) != 2:
         raise Mismatch("the experts' input is not [tokens, hidden]")
+    zeros = [step["zeros"] for step in steps] + [leaf for leaf in leaves if _is_zeros(leaf)]
+    if not all(_zeros_like(value, first["x"], frozenset(map(id, sums))) for value in zeros):
+        raise Mismatch("the rows are scattered into (or summed with) zeros not shaped like the experts' input")
     b1 = None if first["b1"] is None else const(first["b1"], "an expert bias")
     b2 = None if first["b2"] is None else const(first["b2"], "an expert bias")
     return MoEMatch(first["x"], router["logits"], w1, expert_bias(b1, experts, w1.shape[2], "b1"), w2,
@@ -546,9 +551,44 @@ def _eager_step(term: Value) -> dict:
     if x.attr("axis", 0) != 0 or x.input(1) is not tok:
         raise Mismatch("the expert's input rows are not its tokens")
     hits, piece = _hit_expert(expert)
-    return {"hits": hits, "piece": piece, "x": x.input(0), "mask": mask, "weights": weights, "stride": stride,
+    return {"hits": hits, "piece": piece, "x": x.input(0), "zeros": scatter.input(0), "mask": mask,
+            "weights": weights, "stride": stride,
             "w1": w1[0], "w1_out_in": w1[1], "w2": w2[0], "w2_out_in": w2[1], "b1": b1, "b2": b2,
             "activation": activation, "gated": gated}
+
+
+def _add_tree(value: Value) -> tuple[list[Value], list[Value]]:
+    """(the sums, the leaves) of a tree of Adds, walked without recursion (a loop over 128
+    experts is a chain of 128)."""
+    sums, leaves, stack = [], [], [value]
+    while stack:
+        v = stack.pop()
+        node = v.producer
+        if node is not None and node.op_type == "Add" and node.domain in ("", "ai.onnx"):
+            sums.append(v)
+            stack += [node.input(1), node.input(0)]
+        else:
+            leaves.append(v)
+    return sums, leaves[::-1]
+
+
+def _zeros_like(value: Value, x: Value, sums: frozenset = frozenset()) -> bool:
+    """Zeros of x's shape: a constant of x's static shape, or ``ConstantOfShape(Shape(v))`` with v
+    x, zeros like it, or one of the loop's running sums (``sums``: their ids), which are x's shape
+    when all their leaves are (a broadcast would change the output's shape)."""
+    if value.const is not None:
+        return not np.any(value.const) and list(value.const.shape) == shape_of(x)
+    node = value.producer
+    if node is None or node.op_type != "ConstantOfShape" or not _is_zeros(value):
+        return False
+    shape = node.input(0)
+    if shape.const is not None:
+        return [int(d) for d in np.ravel(shape.const)] == shape_of(x)
+    source = shape.producer
+    if source is None or source.op_type != "Shape" or source.attr("start") is not None or source.attr("end") is not None:
+        return False
+    v = source.input(0)
+    return v is x or id(v) in sums or _zeros_like(v, x, sums)
 
 
 def _unexpanded(value: Value, width) -> Value:
@@ -606,7 +646,8 @@ def _expert_rows(tok: Value) -> tuple[Value, Value, Value]:
         raise Mismatch("the NonZero of the expert's mask is not transposed [1, 0]")
     nonzero = producer(transpose.input(0), "NonZero")
     cast = nonzero.input(0).producer  # NonZero of Cast(one-hot, bool) reads the one-hot's non-zeros
-    row = producer(cast.input(0) if cast is not None and cast.op_type == "Cast" else nonzero.input(0), "Gather")
+    to_bool = cast is not None and cast.op_type == "Cast" and cast.attr("to") == onnx.TensorProto.BOOL
+    row = producer(cast.input(0) if to_bool else nonzero.input(0), "Gather")
     if row.attr("axis", 0) != 0:
         raise Mismatch("the expert's mask is not a row of the expert mask")
     return row.input(0), row.input(1), slot_squeeze[0].outputs[0]
@@ -647,7 +688,10 @@ def _check_expert_hits(split: Node, mask: Value) -> None:
     zero = greater.input(1).const
     rank = len(shape_of(mask) or [])
     axes = sorted(a % rank for a in (ints(total, 1, "axes") or [])) if rank else None
-    if list(transpose.attr("perm", [])) != [1, 0] or zero is None or np.any(zero) or total.input(0) is not mask \
+    hits = shape_of(nonzero.input(0))
+    # a zero of shape [1, 1] would make the hits [1, E] and each piece (0, e): every step expert 0
+    if list(transpose.attr("perm", [])) != [1, 0] or zero is None or zero.size != 1 or zero.ndim > 1 \
+            or np.any(zero) or total.input(0) is not mask or hits is None or len(hits) != 1 \
             or axes != list(range(1, rank)) or total.attr("keepdims", 1) != 0:
         raise Mismatch("the experts looped over are not those the mask routes any token to")
 
@@ -661,7 +705,8 @@ def _gathered_linear(value: Value, expert: Value) -> tuple[tuple[Value, bool], V
         for inner, other in ((node.input(0), node.input(1)), (node.input(1), node.input(0))):
             picked = other.producer
             if picked is not None and picked.op_type == "Gather" and picked.input(1) is expert \
-                    and picked.input(0).const is not None:
+                    and picked.attr("axis", 0) == 0 and picked.input(0).const is not None \
+                    and picked.input(0).const.ndim >= 2 and all(d == 1 for d in picked.input(0).const.shape[1:-1]):
                 bias, node = picked.input(0), inner.producer
                 break
     if node is None or node.op_type != "MatMul":

@@ -92,7 +92,8 @@ def ort_or_none(model: onnx.ModelProto, feeds: dict):
 
 
 @pytest.mark.parametrize("name, kw, traced", [("mixtral", (), 4), ("qwen2_moe", (), 8), ("qwen3_moe", (), 8),
-                                              ("mixtral", (("experts", 8), ("top_k", 1), ("trace_shape", (1, 3))), 3)])
+                                              ("mixtral", (("experts", 8), ("top_k", 1), ("trace_shape", (1, 3))), 3),
+                                              ("qwen3_moe", (("experts", 64), ("top_k", 8)), 41)])
 def test_trace_specialised_eager_moe_dispatches_on_every_input(name, kw, traced, rng):
     """transformers' eager experts, traced: a loop unrolled for the experts hit at export time, which
     ORT runs only on inputs that hit as many experts. moe-dispatch rewrites it into dispatch: equal
@@ -132,6 +133,38 @@ def test_eager_moe_dispatches_with_unpinned_dims(rng):
         feeds = token_feeds(rng, batch, seq)
         feeds["attention_mask"][:] = 1
         np.testing.assert_allclose(compiled.run(feeds)[0], ort_or_none(batched, feeds), rtol=1e-4, atol=1e-4)
+
+
+def _edited(model: onnx.ModelProto, edit) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    edit({n.name: n for n in copy.graph.node})
+    return copy
+
+
+def _greater_than_a_matrix_zero(nodes):
+    """Greater(counts, zeros [1, 1]): the hits become [1, E], each piece (0, e), every step expert 0."""
+    nodes["/model/model/layers.0/mlp/experts/Constant_2"].attribute[0].t.CopyFrom(
+        onnx.numpy_helper.from_array(np.zeros((1, 1), np.int64)))
+
+
+def _mask_rows_cast_to_int(nodes):
+    """NonZero of a mask row cast to int32 rather than bool (a one-hot of 0.5s would read as zeros)."""
+    for node in nodes.values():
+        if node.op_type == "Cast" and node.input[0].startswith("/model/model/layers.0/mlp/experts/Gather"):
+            node.attribute[0].i = onnx.TensorProto.INT32
+
+
+@pytest.mark.parametrize("edit, why", [(_greater_than_a_matrix_zero, "not those the mask routes any token to"),
+                                       (_mask_rows_cast_to_int, "expected Gather")])
+def test_eager_moe_lookalikes_are_not_rewritten(edit, why):
+    """Loops that look like eager experts but would compute something else are left as written,
+    with the reason in the report."""
+    eager, _ = exported_eager("mixtral")
+    model = _edited(eager, edit)
+    kept = sparsec.compile(model, dims={"batch": 2, "sequence": 8}, backend="ort")
+    assert "moe-dispatch" not in kept.report["rewrites"]
+    assert any(why in note for note in kept.report["notes"]["moe-dispatch"])
 
 
 def test_eager_moe_that_is_not_a_whole_loop_is_refused_with_the_reason(rng):

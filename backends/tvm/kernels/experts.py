@@ -25,6 +25,7 @@ import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
+from ....errors import CompileError
 from ....ir.graph import Node
 from ..lower import CPU_TARGETS, register_lowering
 from .sparse import _gpu_loop
@@ -84,8 +85,11 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
     buffers free of the layouts TVM 0.27 would rebuild with a fresh copy of the variable).
     ``ffn`` is F, the width of the hidden layer (W1 holds 2F columns when ``gated``); ``softmax``
     and ``normalize`` are the router's, as ``sparsec.MoE`` states them."""
+    if not 1 <= k <= experts:
+        raise ValueError(f"top-{k} of {experts} experts")
     act = _activation(activation)
-    route_loop = T.serial if isinstance(tokens, int) and tokens * experts <= SERIAL_ROUTING_SCORES else T.parallel
+    static = isinstance(tokens, int)
+    route_loop = T.serial if static and tokens * experts <= SERIAL_ROUTING_SCORES else T.parallel
     before = softmax == "before"
     MR = _tile_rows()  # noqa: N806 (a constant of the kernel, as in its TIR)
     pairs = tokens * k
@@ -156,7 +160,8 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
                     if idx[t, j] < 0:
                         idx[t, j] = e
                         gate[t, j] = score[e]
-                    elif score[e] > gate[t, j]:
+                    elif score[e] > gate[t, j] or (T.isnan(score[e]) and not T.isnan(gate[t, j])):
+                        # NaN counts as the largest, as in ONNX Runtime's TopK
                         idx[t, j] = e
                         gate[t, j] = score[e]
         if before:
@@ -182,12 +187,26 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         idx = T.alloc_buffer((tokens, k), "int32")
         gate = T.alloc_buffer((tokens, k), "float32")
-        # 0. the router, per token
-        for t in route_loop(tokens):
-            score = T.decl_buffer((experts,), "float32")
-            best = T.decl_buffer((2,), "float32")
-            taken = T.decl_buffer((1,), "int32")
-            route(logits, idx, gate, score, best, taken, t)
+        # 0. the router, per token (a symbolic token count decides serial or parallel when it runs)
+        if static:
+            for t in route_loop(tokens):
+                score = T.decl_buffer((experts,), "float32")
+                best = T.decl_buffer((2,), "float32")
+                taken = T.decl_buffer((1,), "int32")
+                route(logits, idx, gate, score, best, taken, t)
+        else:
+            if tokens * experts > SERIAL_ROUTING_SCORES:
+                for t in T.parallel(tokens):
+                    score = T.decl_buffer((experts,), "float32")
+                    best = T.decl_buffer((2,), "float32")
+                    taken = T.decl_buffer((1,), "int32")
+                    route(logits, idx, gate, score, best, taken, t)
+            else:
+                for t in range(tokens):
+                    score = T.decl_buffer((experts,), "float32")
+                    best = T.decl_buffer((2,), "float32")
+                    taken = T.decl_buffer((1,), "int32")
+                    route(logits, idx, gate, score, best, taken, t)
         offsets = T.alloc_buffer((experts + 1,), "int32")
         fill = T.alloc_buffer((experts,), "int32")
         token_at = T.alloc_buffer((pairs,), "int32")
@@ -331,6 +350,8 @@ def _moe_signature(node: Node, x):
     static = isinstance(count, tvm.tirx.IntImm)
     tokens = int(count) if static else tvm.tirx.Var("tokens", "int64")
     k, activation, gated = int(node.attr("k")), node.attr("activation"), bool(node.attr("gated", 0))
+    if not 1 <= k <= experts:
+        raise CompileError(f"{node.name}: sparsec.MoE picks the top {k} of {experts} experts; k must be 1 to {experts}")
     name = f"moe_{tokens if static else 'dyn'}x{hidden}_e{experts}_f{ffn}_k{k}_{activation}{'_gated' * gated}"
     return tokens, count, hidden, ffn, experts, k, activation, gated, name
 
