@@ -65,7 +65,7 @@ def _tops_a_scattered_sum(node: Node) -> bool:
     def scattered_sum(add: Node) -> bool:
         if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
             return False
-        terms = [leaf.producer for leaf in moe_forms._add_tree(add.outputs[0])[1] if not moe_forms._is_zeros(leaf)]
+        terms = [term.producer for term in moe_forms.sum_terms(add.outputs[0])]
         return bool(terms) and all(t is not None and t.op_type == "ScatterElements" and
                                    _derives_from(t.input(1), "NonZero", hops=6) for t in terms)
     return scattered_sum(node) and not any(scattered_sum(c) for c in node.outputs[0].consumers())

@@ -250,10 +250,7 @@ def unrolled(top: Node) -> MoEMatch:
 
 def sum_terms(value: Value) -> list[Value]:
     """The leaves of a tree of Adds, without constant zeros (a sum started from ``zeros_like``)."""
-    node = value.producer
-    if node is not None and node.op_type == "Add" and node.domain in ("", "ai.onnx"):
-        return sum_terms(node.input(0)) + sum_terms(node.input(1))
-    return [] if _is_zeros(value) else [value]
+    return [leaf for leaf in _add_tree(value)[1] if not _is_zeros(leaf)]
 
 
 def _is_zeros(value: Value) -> bool:
@@ -477,7 +474,7 @@ def eager(top: Node) -> MoEMatch:
     ids are distinct), which is what the dispatch computes for every input."""
     hits, steps = None, []
     sums, leaves = _add_tree(top.outputs[0])
-    for term in (leaf for leaf in leaves if not _is_zeros(leaf)):
+    for term in sum_terms(top.outputs[0]):
         step = _eager_step(term)
         if hits is not None and step["hits"] is not hits:
             raise Mismatch("the scattered terms take their expert ids from different NonZeros")
@@ -499,7 +496,8 @@ def eager(top: Node) -> MoEMatch:
     w2 = np.ascontiguousarray(w2.transpose(0, 2, 1)) if first["w2_out_in"] else w2
     _check_hidden_width(w1, w2, first["gated"])
     experts, hidden = w2.shape[0], w2.shape[2]
-    if router["experts"] != experts or int(const(onehot.input(1), "the one-hot depth").ravel()[0]) < experts:
+    depth = const(onehot.input(1), "the one-hot depth")
+    if router["experts"] != experts or depth.size != 1 or int(depth.ravel()[0]) < experts:
         raise Mismatch(f"the router scores {router['experts']} experts, the weights hold {experts}")
     if first["stride"] != router["k"]:
         raise Mismatch(f"the gate weights are read with a row stride of {first['stride']}, not k = {router['k']}")
@@ -558,8 +556,8 @@ def _eager_step(term: Value) -> dict:
 
 
 def _add_tree(value: Value) -> tuple[list[Value], list[Value]]:
-    """(the sums, the leaves) of a tree of Adds, walked without recursion (a loop over 128
-    experts is a chain of 128)."""
+    """(the sums, the leaves left to right) of a tree of Adds, walked without recursion (a loop
+    over 128 experts is a chain of 128)."""
     sums, leaves, stack = [], [], [value]
     while stack:
         v = stack.pop()
@@ -569,7 +567,7 @@ def _add_tree(value: Value) -> tuple[list[Value], list[Value]]:
             stack += [node.input(1), node.input(0)]
         else:
             leaves.append(v)
-    return sums, leaves[::-1]
+    return sums, leaves
 
 
 def _zeros_like(value: Value, x: Value, sums: frozenset = frozenset()) -> bool:
