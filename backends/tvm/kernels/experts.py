@@ -88,8 +88,6 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
     if not 1 <= k <= experts:
         raise ValueError(f"top-{k} of {experts} experts")
     act = _activation(activation)
-    static = isinstance(tokens, int)
-    route_loop = T.serial if static and tokens * experts <= SERIAL_ROUTING_SCORES else T.parallel
     before = softmax == "before"
     MR = _tile_rows()  # noqa: N806 (a constant of the kernel, as in its TIR)
     pairs = tokens * k
@@ -133,7 +131,10 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
                     y[token_at[offsets[e] + g * MR + i], ho * ht + v] + weight_at[offsets[e] + g * MR + i] * acc2[i, v])
 
     @T.macro
-    def route(logits, idx, gate, score, best, taken, t):
+    def route(logits, idx, gate, t):
+        score = T.decl_buffer((experts,), "float32")
+        best = T.decl_buffer((2,), "float32")
+        taken = T.decl_buffer((1,), "int32")
         # score[e]: softmax(logits[t])[e] (before) or logits[t, e] (after); best: the max, then the sum
         best[0] = logits[t, 0]
         for e in range(1, experts):
@@ -187,26 +188,14 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         idx = T.alloc_buffer((tokens, k), "int32")
         gate = T.alloc_buffer((tokens, k), "float32")
-        # 0. the router, per token (a symbolic token count decides serial or parallel when it runs)
-        if static:
-            for t in route_loop(tokens):
-                score = T.decl_buffer((experts,), "float32")
-                best = T.decl_buffer((2,), "float32")
-                taken = T.decl_buffer((1,), "int32")
-                route(logits, idx, gate, score, best, taken, t)
+        # 0. the router, per token: the test is a Python bool for a static token count, decided
+        # here; a symbolic count decides when the kernel runs
+        if tokens * experts > SERIAL_ROUTING_SCORES:
+            for t in T.parallel(tokens):
+                route(logits, idx, gate, t)
         else:
-            if tokens * experts > SERIAL_ROUTING_SCORES:
-                for t in T.parallel(tokens):
-                    score = T.decl_buffer((experts,), "float32")
-                    best = T.decl_buffer((2,), "float32")
-                    taken = T.decl_buffer((1,), "int32")
-                    route(logits, idx, gate, score, best, taken, t)
-            else:
-                for t in range(tokens):
-                    score = T.decl_buffer((experts,), "float32")
-                    best = T.decl_buffer((2,), "float32")
-                    taken = T.decl_buffer((1,), "int32")
-                    route(logits, idx, gate, score, best, taken, t)
+            for t in range(tokens):
+                route(logits, idx, gate, t)
         offsets = T.alloc_buffer((experts + 1,), "int32")
         fill = T.alloc_buffer((experts,), "int32")
         token_at = T.alloc_buffer((pairs,), "int32")
