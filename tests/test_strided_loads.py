@@ -7,7 +7,7 @@ import tvm_ffi
 from tvm import tirx
 from tvm.script import tirx as T
 
-from sparsec.backends.tvm.strided_loads import PIPELINE
+from sparsec.backends.tvm.tir_pipeline import PIPELINE
 
 
 def strided_copy(lanes: int, stride: int, rows: int = 3):

@@ -61,13 +61,3 @@ def _rewrite(body):
 def contiguous_strided_loads(func: tirx.PrimFunc, mod, ctx) -> tirx.PrimFunc:
     body = _rewrite(func.body)
     return func if body.same_as(func.body) else func.with_body(body)
-
-
-def _pipeline_with_contiguous_loads():
-    """TVM's default (s_tir) pipeline, then this pass on the lowered functions."""
-    pipeline, finalize_host, finalize_device = tirx.get_tir_pipeline("s_tir")
-    return tvm.transform.Sequential([pipeline, contiguous_strided_loads]), finalize_host, finalize_device
-
-
-PIPELINE = "sparsec_cpu"
-tirx.register_tir_pipeline(PIPELINE, _pipeline_with_contiguous_loads)

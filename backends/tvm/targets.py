@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...errors import SparsecError
-from .strided_loads import PIPELINE as CONTIGUOUS_LOADS_PIPELINE
+from .tir_pipeline import PIPELINE as CPU_TIR_PIPELINE
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ register_target(TargetSpec(
     "llvm", "this host's CPU through LLVM (mcpu detected, vectorised and multi-threaded)",
     _llvm_target, _cpu_pipeline, _device("cpu"), lambda: (True, ""),
     {"mcpu": "LLVM CPU name (default: detected)", "num_cores": "threads (default: all cores)"}, tunable=True,
-    tir_pipeline=CONTIGUOUS_LOADS_PIPELINE))
+    tir_pipeline=CPU_TIR_PIPELINE))
 register_target(TargetSpec(
     "cuda", "NVIDIA GPUs (CUDA); compiles without a GPU, runs where one exists",
     _cuda_target, _gpu_pipeline, _device("cuda"), _runtime_exists("cuda"),

@@ -265,6 +265,8 @@ def _strip_tiles(m: int, mr: int) -> int:
 _ROW_BLOCK_BYTES = 128 * 1024
 # B at most this large (half a 512 KiB L2) is kept whole in L2 while the row tiles pass.
 _SMALL_B_BYTES = 256 * 1024
+# The static side of B (K or N) at most this long when the other is symbolic: row tiles outermost.
+SYMBOLIC_ROWS_B = 128
 _L2_BYTES = 512 * 1024  # per core, Zen 3 (AVX-512 hosts have 1-2 MiB: the rules stay conservative)
 
 
@@ -272,11 +274,19 @@ def _gemm_loop_order(m: int | None, k: int | None, n: int | None, mr: int, nr: i
     """The GEMM's outer loop order, ``"rows"`` (row tiles outermost: all of B fits in L2),
     ``"row blocks"`` (blocks of row tiles, column panels inside) or ``"panels"`` (column panels
     outermost), and the row tiles per block."""
+    if (n is None) != (k is None) and (k or n) <= SYMBOLIC_ROWS_B:
+        # Attention's products over a symbolic sequence: q @ k^T (K the head size) and p @ v (N
+        # the head size): B is the sequence times the head size, in L2 at usual lengths.
+        return "rows", 0
     if k is None or n is None:
         return "panels", 0
     if k * n * 4 <= _SMALL_B_BYTES:
         return "rows", 0
     tiles = _ROW_BLOCK_BYTES // (4 * k * mr)
+    if m is None and tiles:
+        # Symbolic rows: blocks of a fixed number of tiles, the last one partial (its tiles
+        # guarded by their row, a test per tile), which is one block when the rows are few.
+        return "row blocks", tiles
     if m is None or not tiles or -(-m // mr) <= tiles:
         return "panels", 0
     m_tiles = -(-m // mr)
@@ -710,16 +720,20 @@ class CPURowReduction(_CPURule):
         leading = min(len(kind) - len(kind.lstrip("S")) for kind in kinds)
         lanes = _lanes(target)
         vectorised = False
+        partial_extents = {}  # partial-sum block -> the symbolic length of its reduction
         for info, kind in zip(infos, kinds):
             if info.is_injective() or not kind.endswith("R"):
                 continue
             reduce_loop = sch.get_loops(info.block_rv)[-1]
-            extent = _static(sch.get(reduce_loop).extent)
-            if extent is None or extent % lanes or extent <= lanes:
+            extent = sch.get(reduce_loop).extent
+            if _static(extent) is not None and (_static(extent) % lanes or _static(extent) <= lanes):
                 continue
             _, lane = sch.split(reduce_loop, [None, lanes])
+            name = sch.get(info.block_rv).name_hint
             if _try(sch.rfactor, lane, len(kind) - 1):
                 vectorised = True
+                if _static(extent) is None:
+                    partial_extents[name + "_rf"] = extent
         if not vectorised:
             return None  # nothing to gain over dlight's rule
         for block in sch.get_child_blocks(get_root_block(sch))[:-1]:
@@ -754,7 +768,36 @@ class CPURowReduction(_CPURule):
                 continue
             if all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars):
                 _vectorise_innermost(sch, block, lanes)
+        if partial_extents:
+            return s_tir.Schedule(_guard_partial_sums(sch.mod["main"], partial_extents))
         return sch
+
+
+def _guard_partial_sums(func: tirx.PrimFunc, extents: dict) -> tirx.PrimFunc:
+    """Guard the update of each partial-sum block in ``extents`` (``name_rf``: vector lanes over
+    a reduction of symbolic length) by ``index < length``, where index is the position its read
+    of the input takes along the reduced axis. The split of a symbolic loop puts that guard on the
+    block, and TVM 0.27's rfactor drops it: the lanes of the last vector read past the row."""
+
+    def guard(block):
+        name = block.name_hint[:-len("_update")] if block.name_hint.endswith("_update") else block.name_hint
+        if name not in extents:
+            return block
+        reduce_vars = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+        written = block.writes[0].source
+        index = [r.region[-1].min for r in block.reads
+                 if not r.source.same_as(written) and any(_uses_var(r.region[-1].min, v) for v in reduce_vars)]
+        if len(index) != 1:
+            raise ValueError(f"{block.name_hint}: no single input read along the reduced axis to guard")
+        body = tirx.IfThenElse(index[0] < extents[name], block.body, None)
+        return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body, block.init,
+                            block.alloc_buffers, block.match_buffers, block.annotations)
+
+    def visit(node, mutator):
+        node = mutator.default_mutate(node)
+        return guard(node) if isinstance(node, s_tir.SBlock) else node
+
+    return func.with_body(tvm_ffi.structural_mutate(func.body, [(object, visit)]))
 
 
 def _spatial(sch: s_tir.Schedule, block) -> bool:
@@ -766,7 +809,11 @@ def _vectorise_innermost(sch: s_tir.Schedule, block, lanes: int) -> None:
     if len(loops) <= 1:
         return
     extent = _static(sch.get(loops[-1]).extent)
-    if extent is None or extent < 2:
+    if extent is None:
+        _, loop = sch.split(loops[-1], [None, lanes])  # a guarded last vector (see vector_tails)
+        sch.vectorize(loop)
+        return
+    if extent < 2:
         return
     if extent > lanes and extent % lanes == 0:
         _, loop = sch.split(loops[-1], [None, lanes])
