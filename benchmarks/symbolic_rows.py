@@ -3,9 +3,10 @@ symbolic token dim and once per row count, timed with ORT in interleaved rounds.
 
     python benchmarks/symbolic_rows.py [--repeat 50] [--threads 2] [--model out/models/minilm-l6.onnx]
 
-With ``--model`` (an HF encoder export with ``batch`` and ``sequence`` dims), that model is also
-timed compiled once unpinned, once pinned per shape, and in ORT, at batch x sequence 8 x 128,
-1 x 37 and 4 x 100 (``--encoder-only``: that table alone).
+With ``--model`` (an HF export with inputs ``input_ids`` and ``attention_mask`` over ``batch`` and
+``sequence`` dims: an encoder, or a decoder such as the MoE exports), that model is also timed
+compiled once unpinned, once pinned per shape, and in ORT, at batch x sequence 8 x 128, 1 x 37
+and 4 x 100 or ``--shapes`` (``--encoder-only``: that table alone).
 
 A model exported with a dynamic axis is compiled once and called with any row count; this checks
 that doing so costs nothing against compiling for the exact shape.
@@ -34,11 +35,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", help="an HF encoder export (inputs input_ids, attention_mask)")
     parser.add_argument("--encoder-only", action="store_true", help="time only --model, not the FFN table")
+    parser.add_argument("--shapes", default=",".join(f"{b}x{s}" for b, s in ENCODER_SHAPES),
+                        help="batch x sequence shapes for --model, e.g. 1x1,1x16")
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     options = session_options(args.threads)  # equal threads, no spinning (as sparsec bench)
     if args.encoder_only:
-        encoder(args.model, args.threads, max(5, args.repeat // 5))
+        encoder(args.model, args.threads, max(5, args.repeat // 5), shapes)
         return
     print(f"hidden 768, FFN 3072, {args.threads} threads, median of {args.repeat} interleaved rounds (ms)\n")
     print("| weights | rows | symbolic | static | ORT | symbolic / static | vs ORT |")
@@ -63,20 +67,20 @@ def main() -> None:
 
 
     if args.model:
-        encoder(args.model, args.threads, max(5, args.repeat // 5))
+        encoder(args.model, args.threads, max(5, args.repeat // 5), shapes)
 
 
 ENCODER_SHAPES = ((8, 128), (1, 37), (4, 100))
 
 
-def encoder(path: str, threads: int, repeat: int) -> None:
+def encoder(path: str, threads: int, repeat: int, shapes=ENCODER_SHAPES) -> None:
     """One unpinned compile against one pinned per shape and ORT, interleaved, outputs checked."""
     unpinned = sparsec.compile(path, num_threads=threads, tuning_db="off")
     session = ort.InferenceSession(path, session_options(threads))
     print(f"\n{path}, median of {repeat} interleaved rounds (ms)\n")
     print("| batch x sequence | unpinned | pinned | ORT | unpinned / pinned | unpinned vs ORT |")
     print("|---|---:|---:|---:|---:|---:|")
-    for batch, seq in ENCODER_SHAPES:
+    for batch, seq in shapes:
         rng = np.random.default_rng(seq)
         feeds = {"input_ids": rng.integers(0, 1000, (batch, seq)).astype(np.int64),
                  "attention_mask": np.ones((batch, seq), np.int64)}

@@ -1,7 +1,10 @@
 """sparsec's TIR lowering pipeline for CPU targets: TVM 0.27's ``s_tir`` pipeline (its passes in
-its order; the options a CPU build does not use, async copies, VTCM, PTX, shared memory sync and
-profiling, left out), with two passes of ours:
+its order; those a CPU build does not use, for async copies, VTCM, PTX, shared memory and thread
+sync, left out: tests/test_symbolic_kernels.py checks the list against the installed TVM's),
+with passes of ours:
 
+- ``serial_when_small``: a serial copy of parallel loops whose work is small at run time
+  (see serial_when_small.py);
 - ``vector_tails`` right before VectorizeLoop, which cannot vectorise a lane-dependent guard
   (see vector_tails.py);
 - ``contiguous_strided_loads`` on the lowered functions (see strided_loads.py).
@@ -15,6 +18,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.pipeline import finalize_device_passes, finalize_host_passes
 
+from .serial_when_small import serial_when_small
 from .strided_loads import contiguous_strided_loads
 from .vector_tails import vector_tails
 
@@ -45,6 +49,7 @@ def _lowering(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         tirx.transform.BF16ComputeLegalize(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
+        serial_when_small,
         vector_tails,
         tirx.transform.VectorizeLoop(not bool(config.get("tirx.disable_vectorize", False))),
         s_tir.transform.InjectVirtualThread(),
@@ -64,6 +69,8 @@ def _lowering(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         passes.append(s_tir.transform.InstrumentBoundCheckers())
     if not bool(config.get("tirx.disable_cse_tir", False)):
         passes.append(tirx.transform.CommonSubexprElim())
+    if bool(config.get("tirx.instrument_lwp", False)):
+        passes.append(s_tir.transform.InstrumentProfileIntrinsics())
     passes += [
         tirx.transform.FP8ComputeLegalize(),
         tirx.transform.VerifyMemory(),

@@ -11,7 +11,8 @@ a register tile (constant extents) and loops the guards do not depend on (a GEMM
 so that the test runs once per tile, outside the reduction. A guard is taken only if it is a
 conjunction of comparisons linear in the copy's loop variables: such a guard holds over the box
 of their ranges if it holds at the box's corners. Any other guard leaves its loop as it was
-(an integer cast of a loop variable too: such a guard is not recognised as linear).
+(an integer cast of a loop variable too: such a guard is not recognised as linear), and so does
+one that reads memory or a variable bound inside the copied code (it cannot be tested before).
 """
 
 from __future__ import annotations
@@ -101,9 +102,13 @@ def _conjuncts(cond) -> list:
 
 def _corners(cond, loops) -> "list | None":
     """``cond`` at every corner of the box of the loops' ranges (over the variables it uses),
-    or None if it is not convex in them or uses too many."""
+    or None if it is not convex in them, uses too many, or the box is not one (a loop's bounds
+    depend on another loop of the region)."""
+    loop_vars = [loop.loop_var for loop in loops]
+    if any(_vars_in(loop.min, loop_vars) or _vars_in(loop.extent, loop_vars) for loop in loops):
+        return None
     ranges = {loop.loop_var: (loop.min, loop.min + loop.extent - 1) for loop in loops}
-    used = _vars_in(cond, list(ranges))
+    used = _vars_in(cond, loop_vars)
     if len(used) > MAX_GUARD_VARS or not _convex(cond, used):
         return None
     return [_substitute(cond, dict(zip(used, corner))) for corner in itertools.product(*(ranges[v] for v in used))]
@@ -114,6 +119,43 @@ def _every(conds):
     for cond in conds:
         test = cond if test is None else tirx.And(test, cond)
     return test
+
+
+def _definitions(stmt) -> list:
+    """The variables ``stmt`` defines: its loops' and its let bindings'."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, tirx.For):
+            found.append(node.loop_var)
+        elif isinstance(node, (tirx.Bind, tirx.Let)):
+            found.append(node.var)
+
+    tvm_ffi.structural_walk(stmt, (object, visit))
+    return found
+
+
+def _loads(expr) -> bool:
+    found = []
+    tvm_ffi.structural_walk(expr, (tvm.ir.TensorLoad, found.append))
+    return bool(found)
+
+
+def _testable(guards, region) -> bool:
+    """Whether the guards can be tested before ``region`` runs: no guard reads memory (the
+    region may write it) or a variable the region binds other than its loops' (a let: its value
+    is not known before, and changes within)."""
+    loop_vars = [loop.loop_var for loop in _loops(region)]
+    bound = [v for v in _definitions(region) if not any(v.same_as(l) for l in loop_vars)]
+    return not any(_loads(g) or _vars_in(g, bound) for g in guards)
+
+
+def _distinct(guards) -> list:
+    kept = []
+    for guard in guards:
+        if not any(tvm_ffi.structural_equal(guard, k) for k in kept):
+            kept.append(guard)
+    return kept
 
 
 def _all_hold(guards, loops) -> "tirx.PrimExpr | None":
@@ -161,26 +203,26 @@ def _decided(stmt, loop_vars, held: bool):
     return tvm_ffi.structural_mutate(stmt, [(object, visit)])
 
 
-def _with_fresh_loop_vars(stmt):
-    """``stmt`` with new variables for the loops it defines (each copy defines its own)."""
-    loops = _loops(stmt)
-    fresh = {loop.loop_var: tirx.Var(loop.loop_var.name, loop.loop_var.ty) for loop in loops}
-    return _substitute(stmt, fresh)
+def with_fresh_definitions(stmt):
+    """``stmt`` with new variables for the loops and lets it defines (each copy defines its own)."""
+    return _substitute(stmt, {var: tirx.Var(var.name, var.ty) for var in _definitions(stmt)})
 
 
 def _split_vector(loop):
     """A lane-guarded vector loop as three: every lane passes its guards (a vector loop without
     them), every lane fails them (a vector loop without what they guard), or some do (as it was)."""
     lane = [loop.loop_var]
-    guards = _guards(loop.body, lane)
+    guards = _distinct(_guards(loop.body, lane))
+    if not _testable(guards, loop):
+        return loop
     hold = _all_hold(guards, [loop])
     if hold is None:
         return loop
     rest = loop
     fail = _all_fail(guards, [loop])
     if fail is not None:
-        rest = tirx.IfThenElse(fail, _with_fresh_loop_vars(_decided(loop, lane, False)), loop)
-    return tirx.IfThenElse(hold, _with_fresh_loop_vars(_decided(loop, lane, True)), rest)
+        rest = tirx.IfThenElse(fail, with_fresh_definitions(_decided(loop, lane, False)), loop)
+    return tirx.IfThenElse(hold, with_fresh_definitions(_decided(loop, lane, True)), rest)
 
 
 def _split_vectors(stmt):
@@ -199,10 +241,11 @@ def _split(loop):
         return _split_vector(loop)
     loops = _loops(loop)
     loop_vars = [inner.loop_var for inner in loops]
-    hold = _all_hold(_guards(loop, loop_vars), loops)
+    guards = _distinct(_guards(loop, loop_vars))
+    hold = _all_hold(guards, loops) if _testable(guards, loop) else None
     if hold is None:
         return loop
-    return tirx.IfThenElse(hold, _with_fresh_loop_vars(_decided(loop, loop_vars, True)), _split_vectors(loop))
+    return tirx.IfThenElse(hold, with_fresh_definitions(_decided(loop, loop_vars, True)), _split_vectors(loop))
 
 
 def _children(loop) -> list:
