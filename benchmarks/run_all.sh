@@ -23,5 +23,7 @@ bench pruned-ffn --family pruned-ffn --sweep sparsity=0.5,0.7,0.8,0.9,0.95,0.98 
     --sweep tokens=32 --backends ort,tvm,sparsec --repeat 20
 bench pruned-ffn-rows --family pruned-ffn --sweep tokens=1,32,128 --sweep sparsity=0.9 --sweep block=32x1 \
     --backends ort,sparsec --repeat 20
+bench pruned-ffn-layers --family pruned-ffn --sweep layers=1,4,12 --sweep sparsity=0.9 --sweep block=16x1,32x1 \
+    --sweep tokens=32 --backends ort,sparsec --repeat 30
 bench pruned-convnet --family pruned-convnet --sweep sparsity=0.5,0.7,0.9,0.95 --backends ort,tvm,sparsec --repeat 30
 bench pruned-ffn-nm --family pruned-ffn --sweep block=2:4,4:8 --sweep tokens=1,8,32 --backends ort,tvm,sparsec --repeat 30
