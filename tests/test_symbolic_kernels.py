@@ -153,6 +153,17 @@ def test_attention_over_a_symbolic_sequence_matches_ort(rng):
         assert_matches_ort(compiled, model, feeds)
 
 
+def test_attention_over_a_symbolic_sequence_builds_for_c_and_matches_ort(rng):
+    """The C target lowers with TVM's own pipeline (no vector_tails): the symbolic schedules must
+    still build there (TVM's C printer could not declare the symbolic partial sums' workspace)."""
+    model = attention_block()
+    compiled = sparsec.compile(model, target="c", num_threads=2)
+    for batch, sequence in [(1, 5), (2, 37)]:
+        feeds = {name: rng.standard_normal((batch, 4, sequence, 16)).astype(np.float32) for name in "qkv"}
+        feeds["mask"] = rng.standard_normal((batch, 1, 1, sequence)).astype(np.float32)
+        assert_matches_ort(compiled, model, feeds)
+
+
 def test_softmax_over_a_symbolic_axis_matches_ort(rng):
     """Vector partial maxima and sums over a symbolic row: the last vector's lanes past the row
     must not be read into them (TVM's rfactor dropped that guard; sparsec puts it back)."""

@@ -775,6 +775,10 @@ class CPURowReduction(_CPURule):
             extent = sch.get(reduce_loop).extent
             if _static(extent) is not None and (_static(extent) % lanes or _static(extent) <= lanes):
                 continue
+            if _static(extent) is None and target.kind.name != "llvm":
+                # (symbolic partial sums pay through the llvm pipeline's vector_tails; TVM's C
+                # code generator also prints their workspace size with a let it cannot declare)
+                continue
             _, lane = sch.split(reduce_loop, [None, lanes])
             name = sch.get(info.block_rv).name_hint
             if _try(sch.rfactor, lane, len(kind) - 1):
