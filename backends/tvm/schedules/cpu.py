@@ -767,7 +767,7 @@ class CPURowReduction(_CPURule):
         leading = min(len(kind) - len(kind.lstrip("S")) for kind in kinds)
         lanes = _lanes(target)
         vectorised = False
-        partial_extents = {}  # partial-sum block -> the symbolic length of its reduction
+        partial_extents = {}  # partial-sum block -> (symbolic length of its reduction, lanes)
         for info, kind in zip(infos, kinds):
             if info.is_injective() or not kind.endswith("R"):
                 continue
