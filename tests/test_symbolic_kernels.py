@@ -153,6 +153,19 @@ def test_attention_over_a_symbolic_sequence_matches_ort(rng):
         assert_matches_ort(compiled, model, feeds)
 
 
+@pytest.mark.parametrize("batch, sequence, pin_sequence", [(1, 9, True), (1, 37, True), (2, 100, True), (1, 37, False)])
+def test_attention_pinned_to_lengths_the_vectors_do_not_divide_matches_ort(batch, sequence, pin_sequence, rng):
+    """Pinned (the sequence too, or the batch alone), with a unit batch: the partial sums' lane
+    axis is not their last (a guard built on the last index of the partial sums read rows, not
+    lanes, and was wrong here)."""
+    model = attention_block()
+    dims = {"batch": batch, "sequence": sequence} if pin_sequence else {"batch": batch}
+    compiled = sparsec.compile(model, num_threads=2, dims=dims)
+    feeds = {name: rng.standard_normal((batch, 4, sequence, 16)).astype(np.float32) for name in "qkv"}
+    feeds["mask"] = rng.standard_normal((batch, 1, 1, sequence)).astype(np.float32)
+    assert_matches_ort(compiled, model, feeds)
+
+
 def test_attention_over_a_symbolic_sequence_builds_for_c_and_matches_ort(rng):
     """The C target lowers with TVM's own pipeline (no vector_tails): the symbolic schedules must
     still build there (TVM's C printer could not declare the symbolic partial sums' workspace)."""
@@ -162,6 +175,19 @@ def test_attention_over_a_symbolic_sequence_builds_for_c_and_matches_ort(rng):
         feeds = {name: rng.standard_normal((batch, 4, sequence, 16)).astype(np.float32) for name in "qkv"}
         feeds["mask"] = rng.standard_normal((batch, 1, 1, sequence)).astype(np.float32)
         assert_matches_ort(compiled, model, feeds)
+
+
+@pytest.mark.parametrize("rows, length", [(4, 37), (3, 100), (2, 9)])
+def test_softmax_over_a_static_length_the_vectors_do_not_divide_matches_ort(rows, length, rng):
+    """A pinned length that is not a multiple of the vector width takes the same partial-sum
+    path as a symbolic one (its last vector guarded lane by lane)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, length])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, length])
+    model = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "softmax", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    compiled = sparsec.compile(model, num_threads=2)
+    values = rng.standard_normal((rows, length)) + 50 * (np.arange(rows)[:, None] % 2)  # a read past a row would show
+    assert_matches_ort(compiled, model, {"x": values.astype(np.float32)})
 
 
 def test_softmax_over_a_symbolic_axis_matches_ort(rng):

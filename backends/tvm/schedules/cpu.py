@@ -767,23 +767,26 @@ class CPURowReduction(_CPURule):
         leading = min(len(kind) - len(kind.lstrip("S")) for kind in kinds)
         lanes = _lanes(target)
         vectorised = False
-        partial_extents = {}  # partial-sum block -> (symbolic length of its reduction, lanes)
+        partial_extents = {}  # partial-sum block -> (length of its reduction, lanes), if partial
         for info, kind in zip(infos, kinds):
             if info.is_injective() or not kind.endswith("R"):
                 continue
             reduce_loop = sch.get_loops(info.block_rv)[-1]
             extent = sch.get(reduce_loop).extent
-            if _static(extent) is not None and (_static(extent) % lanes or _static(extent) <= lanes):
+            if _static(extent) is not None and _static(extent) <= lanes:
                 continue
-            if _static(extent) is None and target.kind.name != "llvm":
-                # (symbolic partial sums pay through the llvm pipeline's vector_tails; TVM's C
-                # code generator also prints their workspace size with a let it cannot declare)
+            # A length the vector width does not divide (symbolic, or a sequence of 100) leaves
+            # a partial last vector, guarded lane by lane (see _guard_partial_sums)
+            partial = _static(extent) is None or _static(extent) % lanes != 0
+            if partial and target.kind.name != "llvm":
+                # (which pays through the llvm pipeline's vector_tails; TVM's C code generator
+                # also prints a symbolic workspace size with a let it cannot declare)
                 continue
             _, lane = sch.split(reduce_loop, [None, lanes])
             name = sch.get(info.block_rv).name_hint
             if _try(sch.rfactor, lane, len(kind) - 1):
                 vectorised = True
-                if _static(extent) is None:
+                if partial:
                     partial_extents[name + "_rf"] = (extent, lanes)
         if not vectorised:
             return None  # nothing to gain over dlight's rule
@@ -826,8 +829,8 @@ class CPURowReduction(_CPURule):
 
 def _guard_partial_sums(func: tirx.PrimFunc, splits: dict) -> tirx.PrimFunc:
     """Guard the update of each partial-sum block in ``splits`` (``name_rf``: vector lanes over a
-    reduction of symbolic length, split into steps of ``lanes``) by the split's own test,
-    ``step * lanes + lane < length``. The split of a symbolic loop puts that test on the block,
+    reduction whose length ``lanes`` does not divide, split into steps of ``lanes``) by the
+    split's own test, ``step * lanes + lane < length``. The split puts that test on the block,
     and TVM 0.27's rfactor drops it: the lanes of the last vector read past the row."""
 
     def guard(block):
@@ -836,9 +839,16 @@ def _guard_partial_sums(func: tirx.PrimFunc, splits: dict) -> tirx.PrimFunc:
             return block
         length, lanes = splits[name]
         steps = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
-        lane = block.writes[0].region[-1].min  # rfactor's lane axis: the partial sums' last
-        if len(steps) != 1 or not isinstance(lane, tirx.Var):
+        spatial = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+        # rfactor's lane: the spatial variable that indexes the input together with the step
+        # (the partial sums' axis of it is not always the last: unit dims move it)
+        written = block.writes[0].source
+        indices = [index.min for r in block.reads if not r.source.same_as(written) for index in r.region]
+        read_with_step = [v for v in spatial if len(steps) == 1
+                          and any(_uses_var(i, steps[0]) and _uses_var(i, v) for i in indices)]
+        if len(steps) != 1 or len(read_with_step) != 1:
             raise ValueError(f"{block.name_hint}: not the partial sums of one split reduction")
+        lane = read_with_step[0]
         body = tirx.IfThenElse(steps[0] * lanes + lane < length, block.body, None)
         return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body, block.init,
                             block.alloc_buffers, block.match_buffers, block.annotations)
