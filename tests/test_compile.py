@@ -105,9 +105,9 @@ def test_symbolic_rows_keep_register_tiles(rng):
 @pytest.mark.parametrize("op, shape", [("LayerNormalization", [3, 5, 64]), ("Softmax", [2, 3, 7, 48]),
                                        ("RMSNorm", [1, 1, 32]), ("Softmax", [4, 37])])
 def test_row_reductions_vectorised(op, shape, rng):
-    """Softmax / layer norm / RMSNorm rows whose length is a multiple of the vector width get their
-    reductions split into lanes (rfactor: *_rf blocks); other lengths keep the scalar rule. Both
-    match ORT."""
+    """Softmax / layer norm / RMSNorm rows longer than one vector get their reductions split into
+    lanes (rfactor: *_rf blocks), the last vector guarded when the width does not divide the
+    length (37); rows of at most one vector keep the scalar rule. Both match ORT."""
     import tvm_ffi
     from tvm import s_tir, tirx
 
@@ -130,7 +130,7 @@ def test_row_reductions_vectorised(op, shape, rng):
         if isinstance(func, tirx.PrimFunc):
             tvm_ffi.structural_walk(func.body, (s_tir.SBlock, lambda b: names.append(b.name_hint)))
     lanes = __import__("sparsec.backends.tvm.targets", fromlist=["x"]).host_vector_lanes()
-    assert any("_rf_" in n for n in names) == (d % lanes == 0 and d > lanes), names
+    assert any("_rf_" in n for n in names) == (d > lanes), names
 
 
 @pytest.mark.parametrize("n", [1000, 36, 30, 80])
