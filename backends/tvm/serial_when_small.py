@@ -11,7 +11,7 @@ from __future__ import annotations
 import tvm_ffi
 from tvm import tirx
 
-from .vector_tails import with_fresh_definitions
+from .vector_tails import substitute, with_fresh_definitions
 
 # The annotation of a parallel loop: the condition (of the kernel's symbolic dims) under which it
 # runs serially instead.
@@ -41,11 +41,7 @@ def _in_terms_of(condition, dims: dict):
     tvm_ffi.structural_walk(condition, (tirx.Var, lambda v: used.append(v)))
     if any(v.name not in dims for v in used):
         return None
-
-    def visit(node, mutator):
-        return dims[node.name] if isinstance(node, tirx.Var) else mutator.default_mutate(node)
-
-    return tvm_ffi.structural_mutate(condition, [(object, visit)])
+    return substitute(condition, {v: dims[v.name] for v in used})
 
 
 def _split(loop, dims: dict):

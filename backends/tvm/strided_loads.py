@@ -9,9 +9,10 @@ the buffer, and the contiguous loads would read all of it.
 
 from __future__ import annotations
 
-import tvm
 import tvm_ffi
 from tvm import tirx
+
+from .vector_tails import is_if_then_else
 
 MAX_STRIDE = 4
 
@@ -48,7 +49,7 @@ def _strided(load) -> tuple | None:
 
 def _rewrite(body):
     def visit(node, mutator):
-        if isinstance(node, tvm.ir.Call) and str(getattr(node.op, "name", "")).endswith(".if_then_else"):
+        if is_if_then_else(node):
             return node  # a guarded load stays as it is (see the module docstring)
         node = mutator.default_mutate(node)
         strided = _strided(node) if isinstance(node, _LOAD) else None

@@ -53,7 +53,8 @@ def _convex(cond, loop_vars) -> bool:
                                              for side in (cond.a, cond.b))
 
 
-def _substitute(expr, values: dict):
+def substitute(expr, values: dict):
+    """``expr`` (or a statement) with each variable in ``values`` replaced by its value."""
     def visit(node, mutator):
         if isinstance(node, tirx.Var):
             return next((value for var, value in values.items() if node.same_as(var)), node)
@@ -62,14 +63,14 @@ def _substitute(expr, values: dict):
     return tvm_ffi.structural_mutate(expr, [(object, visit)])
 
 
-def _is_if_then_else(node) -> bool:
+def is_if_then_else(node) -> bool:
     return isinstance(node, tvm.ir.Call) and str(getattr(node.op, "name", "")).endswith(".if_then_else")
 
 
 def _condition(node):
     if isinstance(node, tirx.IfThenElse) and node.else_case is None:
         return node.condition
-    return node.args[0] if _is_if_then_else(node) else None
+    return node.args[0] if is_if_then_else(node) else None
 
 
 def _loops(stmt) -> list:
@@ -111,7 +112,7 @@ def _corners(cond, loops) -> "list | None":
     used = _vars_in(cond, loop_vars)
     if len(used) > MAX_GUARD_VARS or not _convex(cond, used):
         return None
-    return [_substitute(cond, dict(zip(used, corner))) for corner in itertools.product(*(ranges[v] for v in used))]
+    return [substitute(cond, dict(zip(used, corner))) for corner in itertools.product(*(ranges[v] for v in used))]
 
 
 def _every(conds):
@@ -205,7 +206,7 @@ def _decided(stmt, loop_vars, held: bool):
 
 def with_fresh_definitions(stmt):
     """``stmt`` with new variables for the loops and lets it defines (each copy defines its own)."""
-    return _substitute(stmt, {var: tirx.Var(var.name, var.ty) for var in _definitions(stmt)})
+    return substitute(stmt, {var: tirx.Var(var.name, var.ty) for var in _definitions(stmt)})
 
 
 def _split_vector(loop):
