@@ -82,23 +82,29 @@ def main() -> None:
     for experts in map(int, args.experts.split(",")):
         for k in map(int, args.top_k.split(",")):
             for tokens in map(int, args.tokens.split(",")):
-                model = dense_masked_moe(args.hidden, args.ffn, experts, k, tokens=tokens)
-                x = np.random.default_rng(tokens).standard_normal((tokens, args.hidden)).astype(np.float32)
-                feeds = {"x": x}
-                compiled = sparsec.compile(model, num_threads=args.threads)
-                assert compiled.report["rewrites"].get("moe-dispatch") == 1
-                original, best = ort.make_session(model, args.threads), ort.make_session(oracle(model, x, k), args.threads)
-                want = original.run(None, feeds)[0]
-                for got in (compiled.run(feeds)[0], best.run(None, feeds)[0]):
-                    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
-                runs = {"ort": lambda: original.run(None, feeds), "sparsec": lambda: compiled.run(feeds),
-                        "oracle": lambda: best.run(None, feeds)}
-                for fn in runs.values():
-                    for _ in range(3):
-                        fn()
-                ms = {key: float(np.median(v)) * 1e3 for key, v in interleaved_times(runs, args.repeat).items()}
-                print(f"| {experts} | {k} | {tokens} | {ms['ort']:.3f} | {ms['sparsec']:.3f} | {ms['oracle']:.3f} | "
-                      f"{ms['ort'] / ms['sparsec']:.1f}x | {ms['sparsec'] / ms['oracle']:.2f} |", flush=True)
+                print(table_row(args, experts, k, tokens), flush=True)
+
+
+def table_row(args, experts: int, k: int, tokens: int) -> str:
+    """One configuration, measured; its models and sessions are freed on return (E=64 holds
+    ~4 GB of them: kept across rows, the runs reached this machine's 24 GB and were killed)."""
+    model = dense_masked_moe(args.hidden, args.ffn, experts, k, tokens=tokens)
+    x = np.random.default_rng(tokens).standard_normal((tokens, args.hidden)).astype(np.float32)
+    feeds = {"x": x}
+    compiled = sparsec.compile(model, num_threads=args.threads)
+    assert compiled.report["rewrites"].get("moe-dispatch") == 1
+    original, best = ort.make_session(model, args.threads), ort.make_session(oracle(model, x, k), args.threads)
+    want = original.run(None, feeds)[0]
+    for got in (compiled.run(feeds)[0], best.run(None, feeds)[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    runs = {"ort": lambda: original.run(None, feeds), "sparsec": lambda: compiled.run(feeds),
+            "oracle": lambda: best.run(None, feeds)}
+    for fn in runs.values():
+        for _ in range(3):
+            fn()
+    ms = {key: float(np.median(v)) * 1e3 for key, v in interleaved_times(runs, args.repeat).items()}
+    return (f"| {experts} | {k} | {tokens} | {ms['ort']:.3f} | {ms['sparsec']:.3f} | {ms['oracle']:.3f} | "
+            f"{ms['ort'] / ms['sparsec']:.1f}x | {ms['sparsec'] / ms['oracle']:.2f} |")
 
 
 if __name__ == "__main__":

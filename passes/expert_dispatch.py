@@ -4,6 +4,14 @@ selects (every expert, masked; or the chosen experts' weights copied per token) 
 
 The forms it recognises, and why each rewrite is exact, are in ``moe_forms``; a candidate that
 fails a condition is left as it is, with a note in the report saying which.
+
+ReLU experts (plain or gated) also skip, for an expert with a single row, the rows of W2 whose
+activation is exactly zero (``skip_zeros`` on the node, decided here: W2 must be finite, since
+0 * inf is NaN, not 0). The CPU kernel reads those rows from a row-major copy of W2, held
+besides its panels unless the layer only ever sees one token; the report gives the copy's bytes.
+
+Options (``pass_options={"moe-dispatch": {...}}``, or ``-O moe-dispatch.KEY=VALUE``):
+``zero_skip`` = ``"auto"`` (default, as above) or ``"off"`` (every row of W2 is read; W2 held once).
 """
 
 from __future__ import annotations
@@ -120,6 +128,7 @@ class MoEDispatch(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
+        zero_skip = str(ctx.options_of(self.name).get("zero_skip", "auto")).lower() not in ("off", "false", "0")
         for node, form, match in self.find(graph):
             if isinstance(match, Mismatch):
                 result.notes.append(f"{node.name}: looks like a {form} MoE but is not rewritten: {match}")
@@ -133,12 +142,19 @@ class MoEDispatch(Pass):
                                     f"no expert dispatch kernel for {ctx.target}")
                 continue
             x_shape = match.x.type.shape if isinstance(match.x.type, TensorType) else None
-            _rewrite(node, match)
+            tokens = x_shape[0] if x_shape else None
+            skip = zero_skip and match.activation == "relu" and bool(np.isfinite(match.w2).all())
+            _rewrite(node, match, skip)
             result.rewrites[self.name] += 1
-            result.details.setdefault("moe", []).append(
-                {"node": node.name, "experts": match.experts, "k": match.k, "activation": match.activation,
-                 "gated": match.gated, "softmax": match.softmax, "normalize": bool(match.normalize),
-                 "tokens": x_shape[0] if x_shape else None, "layout": match.layout})
+            detail = {"node": node.name, "experts": match.experts, "k": match.k, "activation": match.activation,
+                      "gated": match.gated, "softmax": match.softmax, "normalize": bool(match.normalize),
+                      "tokens": tokens, "layout": match.layout, "skip_zeros": skip}
+            if skip and tokens != 1:
+                detail["row_copy_bytes"] = int(match.w2.size) * 4
+                result.notes.append(f"{node.name}: ReLU experts skip the W2 rows of zero activations, from a row-major "
+                                    f"copy of W2 ({match.w2.size * 4 / 2**20:.1f} MB more; -O moe-dispatch.zero_skip=off "
+                                    "holds it once)")
+            result.details.setdefault("moe", []).append(detail)
             if match.traced_experts is not None:
                 result.notes.append(
                     f"{node.name}: transformers' 'eager' experts, a loop unrolled for the {match.traced_experts} experts "
@@ -177,14 +193,14 @@ def _derives_from(value, op_type: str, hops: int) -> bool:
     return node.op_type == op_type or any(_derives_from(v, op_type, hops - 1) for v in node.inputs if v is not None)
 
 
-def _rewrite(anchor: Node, match: MoEMatch) -> None:
+def _rewrite(anchor: Node, match: MoEMatch, skip_zeros: bool = False) -> None:
     """Replace the anchor's output by one sparsec.MoE node; the rest of the old form is dead code."""
     g = anchor.graph
     weights = [g.add_constant(np.ascontiguousarray(array, np.float32), f"{anchor.name}_{key}")
                for key, array in (("w1", match.w1), ("b1", match.b1), ("w2", match.w2), ("b2", match.b2))]
     node = g.add_node("MoE", [match.x, match.logits, *weights],
                       {"k": match.k, "activation": match.activation, "softmax": match.softmax,
-                       "normalize": match.normalize, "gated": int(match.gated)},
+                       "normalize": match.normalize, "gated": int(match.gated), "skip_zeros": int(skip_zeros)},
                       domain=DOMAIN, name=anchor.name + "_dispatch", before=anchor)
     node.outputs[0].type = anchor.outputs[0].type
     anchor.outputs[0].replace_all_uses_with(node.outputs[0])

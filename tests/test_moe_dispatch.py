@@ -259,3 +259,87 @@ def test_cuda_expert_kernel_arithmetic_on_the_cpu(tokens, gated, activation, rng
     lib["main"](*(tvm.runtime.tensor(a) for a in (x, idx, gate, w1, b1, w2, b2)), y)
     expected = _reference_moe(x, idx, gate, w1, b1, w2, b2, activation, gated, ffn)
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def _skip_details(compiled):
+    return [(m["skip_zeros"], m.get("row_copy_bytes")) for m in compiled.report["details"]["moe-dispatch"]["moe"]]
+
+
+@pytest.mark.parametrize("tokens", [1, 5, None])
+@pytest.mark.parametrize("hidden, gated", [(32, False), (36, False), (32, True)])
+def test_relu_experts_skip_zero_rows_exactly(tokens, hidden, gated, rng):
+    """ReLU experts (plain or gated) read only the W2 rows of non-zero activations for experts
+    with one row: on by default, with the row-major copy reported where the layer can see more
+    than one token (none at one token, where it replaces the panels); the same outputs as ORT and
+    as the build without it, for every expert count per row (5 tokens, 16 experts, top-2: some
+    experts with one row, some with more; all tokens identical: one expert with them all), at a
+    hidden size the vector width does not divide, and with a NaN input reaching the output."""
+    model = dense_masked_moe(hidden, 48, 16, 2, tokens=tokens if tokens else "tokens", gated=gated, seed=7)
+    compiled = sparsec.compile(model)
+    plain = sparsec.compile(model, pass_options={"moe-dispatch": {"zero_skip": "off"}})
+    w2_bytes = 16 * 48 * hidden * 4
+    assert _skip_details(compiled) == [(True, None if tokens == 1 else w2_bytes)]
+    assert _skip_details(plain) == [(False, None)]
+    counts = [tokens] if tokens else [1, 5, 40]
+    for count in counts:
+        x = rng.standard_normal((count, hidden)).astype(np.float32)
+        same = np.repeat(x[:1], count, axis=0)
+        nan = x.copy()
+        nan[0, 3] = np.nan
+        for feeds in ({"x": x}, {"x": same}, {"x": nan}):
+            ours = assert_matches_ort(compiled, model, feeds)
+            np.testing.assert_allclose(ours[0], plain.run(feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_zero_skip_is_declined_without_exact_zeros_or_with_non_finite_w2(rng):
+    """GELU never gives exact zeros; a W2 with an inf would turn a skipped 0 * inf (NaN) into 0.
+    (Against the build without the skip, not ORT: ORT's dense-masked sum also multiplies the
+    experts a token did not choose by 0, so it is NaN wherever one of those gives inf; see
+    moe_forms.dense_masked.)"""
+    gelu = dense_masked_moe(32, 48, 8, 2, tokens=4, activation="gelu", seed=8)
+    assert _skip_details(sparsec.compile(gelu)) == [(False, None)]
+    model = dense_masked_moe(32, 48, 8, 2, tokens=4, seed=8)
+    w2 = next(i for i in model.graph.initializer if i.name == "l0_w2")
+    weights = onnx.numpy_helper.to_array(w2).copy()
+    weights[3, 5, 7] = np.inf
+    w2.CopyFrom(onnx.numpy_helper.from_array(weights, w2.name))
+    compiled = sparsec.compile(model)
+    assert _skip_details(compiled) == [(False, None)]
+    plain = sparsec.compile(model, pass_options={"moe-dispatch": {"zero_skip": "off"}})
+    feeds = {"x": rng.standard_normal((4, 32)).astype(np.float32)}
+    np.testing.assert_array_equal(compiled.run(feeds)[0], plain.run(feeds)[0])
+
+
+@pytest.mark.parametrize("tokens", [1, 6])
+def test_zero_skip_kernel_never_reads_the_rows_of_zero_activations(tokens, rng):
+    """Shown to fire: the row-major W2 given to the kernel holds NaN in the rows whose activation
+    is zero for every token (their b1 is very negative), so any read of one would reach the
+    output; single-row experts must skip them, experts with more rows read the (finite) panels."""
+    import tvm
+
+    from sparsec.backends.tvm.kernels.experts import moe_kernel, pack_expert_weights
+
+    experts, hidden, ffn, k = 6, 16, 32, 2
+    x = rng.standard_normal((tokens, hidden)).astype(np.float32)
+    logits = rng.standard_normal((tokens, experts)).astype(np.float32)
+    w1 = rng.standard_normal((experts, hidden, ffn)).astype(np.float32)
+    b1 = rng.standard_normal((experts, ffn)).astype(np.float32)
+    dead = rng.random(ffn) < 0.5
+    b1[:, dead] = -1e6  # these columns are zero after ReLU for every input here
+    w2, b2 = rng.standard_normal((experts, ffn, hidden)).astype(np.float32), rng.standard_normal((experts, hidden)).astype(np.float32)
+    poisoned = w2.copy()
+    poisoned[:, dead, :] = np.nan
+    kernel = moe_kernel(tokens, hidden, ffn, experts, k, "relu", softmax="before", normalize=True, skip_zeros=True)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}), target="llvm")
+    w1p, b1p, w2p = pack_expert_weights(w1, b1, w2)
+    panels = [w2p] if tokens > 1 else []  # at one token the kernel takes only the rows
+    y = tvm.runtime.tensor(np.zeros((tokens, hidden), np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, logits, w1p, b1p, *panels, poisoned, b2)), y)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k].astype(np.int32)
+    gate = np.take_along_axis(probs, idx, -1)
+    gate /= gate.sum(-1, keepdims=True)
+    expected = _reference_moe(x, idx, gate, w1, b1, w2, b2, "relu", False, ffn)
+    assert np.isfinite(y.numpy()).all()
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

@@ -15,6 +15,17 @@ One PrimFunc takes the router's logits and does the rest with no Python in betwe
 3. ``y[token] += weight * (h[pos] @ W2[e] + b2[e])``, parallel over column tiles of H, so the k
    contributions to one token land in the same task, in order.
 
+With ``skip_zeros`` (ReLU experts, plain or gated; the pass decides), an expert with a single row
+(every expert at one token, most at a few tokens per expert) reads only the rows of W2 whose
+activation is not exactly zero, from W2 as it is ([E, F, H]: whole rows, 2 KB at H = 512;
+skipping 128-byte pieces of the panels saved nothing at 50% zeros, the hardware prefetcher
+fetched them anyway). Step 2 then runs as one task per core over ranges of F's column tiles, and
+each task goes on to the W2 rows of its own columns, summing into its row of partial sums: the
+single-row experts' second layer needs no other task's h, so no second wake of the thread pool;
+step 3 adds the parts with the bias and routing weight (on the calling thread when every expert
+has a single row). Zen 3, 2 threads, E=64 top-2 at one token, cache-cold, half the activations
+zero: 0.95 -> 0.81 ms per layer call (ORT 22.6 ms); the kernel alone at 90% zeros 0.90 -> 0.58 ms.
+
 An expert no token chose costs one comparison: its weights are never read.
 """
 
@@ -30,6 +41,7 @@ from ....ir.graph import Node
 from ..lower import CPU_TARGETS, register_lowering
 from .sparse import _gpu_loop
 from ..targets import host_vector_lanes, host_vector_registers
+from .relu_skip import ROW_PARTS
 
 
 def _tile_rows() -> int:
@@ -74,17 +86,29 @@ def _activation(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def _gather_parts(tiles: int) -> int:
+    """Tasks of the first layer with skip_zeros: one per core of the target (at least ROW_PARTS),
+    so the first layer keeps every core busy while the partial sums stay few."""
+    target = tvm.target.Target.current(allow_none=True)
+    cores = int(target.attrs.get("num-cores", 0)) if target is not None and "num-cores" in target.attrs else 0
+    return min(tiles, max(ROW_PARTS, cores))
+
+
 # Routing serially on the calling thread below this many (token, expert) scores: a parallel loop
 # wakes the thread pool (15-30 us when it does not spin), more than E exps for a few tokens cost.
 SERIAL_ROUTING_SCORES = 8192
 
 
 def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: str, gated: bool = False,
-               softmax: str = "before", normalize: bool = False):
+               softmax: str = "before", normalize: bool = False, skip_zeros: bool = False):
     """``tokens``: an int, or a ``tirx.Var`` for a symbolic token count (``s_tir=True`` keeps the
     buffers free of the layouts TVM 0.27 would rebuild with a fresh copy of the variable).
     ``ffn`` is F, the width of the hidden layer (W1 holds 2F columns when ``gated``); ``softmax``
-    and ``normalize`` are the router's, as ``sparsec.MoE`` states them."""
+    and ``normalize`` are the router's, as ``sparsec.MoE`` states them.
+
+    Parameters ``(x, logits, w1, b1, w2, b2, y)``; with ``skip_zeros``, W2's row-major copy
+    ``w2r [E, F, H]`` follows ``w2``, and at one token (a static 1: no expert ever has two rows)
+    it replaces ``w2``: ``(x, logits, w1, b1, w2r, b2, y)``."""
     if not 1 <= k <= experts:
         raise ValueError(f"top-{k} of {experts} experts")
     act = _activation(activation)
@@ -94,6 +118,15 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
     ft, ht = _ffn_tile(ffn, gated), _tile(hidden)
     wt = 2 * ft if gated else ft  # W1 columns per packed panel
     width1 = 2 * ffn if gated else ffn
+    lanes = host_vector_lanes()
+    static = isinstance(tokens, int)
+    panels = not (skip_zeros and static and tokens == 1)  # W2 panels: for experts with two rows or more
+    # experts with a single row hold at most one position each: partial sums for min(E, T x k) of them
+    singles = min(experts, pairs) if static else T.min(T.int64(experts), pairs)
+    tiles = ffn // ft
+    # tasks of the first layer: every column tile, or with skip_zeros ranges of them, each with its
+    # own partial sums of the single-row experts' second layer (step 3 adds them)
+    parts = _gather_parts(tiles) if skip_zeros else tiles
 
     def hidden_value(acc, i, f):
         return act(acc[i, f]) * acc[i, ft + f] if gated else act(acc[i, f])
@@ -129,6 +162,55 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
             for v in T.vectorized(ht):
                 y[token_at[offsets[e] + g * MR + i], ho * ht + v] = (
                     y[token_at[offsets[e] + g * MR + i], ho * ht + v] + weight_at[offsets[e] + g * MR + i] * acc2[i, v])
+
+    @T.macro
+    def add_row(sums, part, s, w2r, e, c, value):
+        # sums[part, s, :] += value * W2[e, c, :], a whole row (vectors, then a scalar tail)
+        for vo in T.serial(hidden // lanes):
+            for v in T.vectorized(lanes):
+                sums[part, s, vo * lanes + v] = sums[part, s, vo * lanes + v] + value * w2r[e, c, vo * lanes + v]
+        for v in T.serial(hidden // lanes * lanes, hidden):
+            sums[part, s, v] = sums[part, s, v] + value * w2r[e, c, v]
+
+    @T.macro
+    def gather_rows(h, w2r, sums, offsets, single, count, part, lo, hi):
+        # columns lo..hi of F, for each single-row expert: only the rows of W2 whose activation
+        # is not exactly zero (NaN compares unequal, so it reaches the output as in the dense
+        # product). (Listing them first to prefetch a few rows ahead measured the same.)
+        for s in range(count):
+            for v in T.serial(hidden):
+                sums[part, s, v] = T.float32(0)
+            for c in T.serial(lo, hi):
+                if h[offsets[single[s]], c] != T.float32(0):
+                    add_row(sums, part, s, w2r, single[s], c, h[offsets[single[s]], c])
+
+    @T.macro
+    def add_parts(sums, b2, y, offsets, token_at, weight_at, slot, acc2, e, ho):
+        # a single-row expert's output columns ho: the parts' sums, its bias, weighted, into y
+        for v in T.vectorized(ht):
+            acc2[0, v] = b2[e, ho * ht + v]
+        for part in T.unroll(parts):
+            for v in T.vectorized(ht):
+                acc2[0, v] = acc2[0, v] + sums[part, slot[e], ho * ht + v]
+        for v in T.vectorized(ht):
+            y[token_at[offsets[e]], ho * ht + v] = (
+                y[token_at[offsets[e]], ho * ht + v] + weight_at[offsets[e]] * acc2[0, v])
+
+    @T.macro
+    def second_layer(h, w2, b2, y, offsets, token_at, weight_at, slot, sums, ho):
+        acc2 = T.decl_buffer((MR, ht), "float32", scope="local")
+        for t in range(tokens):
+            for v in T.vectorized(ht):
+                y[t, ho * ht + v] = T.float32(0)
+        for e in range(experts):
+            if offsets[e + 1] - offsets[e] == 1:
+                if skip_zeros:
+                    add_parts(sums, b2, y, offsets, token_at, weight_at, slot, acc2, e, ho)
+                else:
+                    layer2(h, w2, b2, y, offsets, token_at, weight_at, acc2, e, ho, 0, 1)
+            elif panels:
+                for g in range((offsets[e + 1] - offsets[e] + MR - 1) // MR):
+                    layer2(h, w2, b2, y, offsets, token_at, weight_at, acc2, e, ho, g, MR)
 
     @T.macro
     def route(logits, idx, gate, t):
@@ -180,12 +262,8 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
             for j in range(k):
                 gate[t, j] = gate[t, j] / best[1]
 
-    @T.prim_func(private=True, s_tir=True)
-    def kernel(x: T.Buffer((tokens, hidden), "float32"), logits: T.Buffer((tokens, experts), "float32"),
-               w1: T.Buffer((experts, ffn // ft, hidden, wt), "float32"),
-               b1: T.Buffer((experts, width1), "float32"), w2: T.Buffer((experts, hidden // ht, ffn, ht), "float32"),
-               b2: T.Buffer((experts, hidden), "float32"), y: T.Buffer((tokens, hidden), "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+    @T.macro
+    def body(x, logits, w1, b1, w2, w2r, b2, y):
         idx = T.alloc_buffer((tokens, k), "int32")
         gate = T.alloc_buffer((tokens, k), "float32")
         # 0. the router, per token: the test is a Python bool for a static token count, decided
@@ -213,27 +291,66 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
             token_at[fill[idx[t, j]]] = t
             weight_at[fill[idx[t, j]]] = gate[t, j]
             fill[idx[t, j]] = fill[idx[t, j]] + 1
-        # 2. first layer of the active experts, parallel over column tiles of F
-        for fo in T.parallel(ffn // ft):
-            acc = T.decl_buffer((MR, wt), "float32", scope="local")
-            for e in range(experts):
-                if offsets[e + 1] - offsets[e] == 1:  # one row: no clamped copies to compute
-                    layer1(x, w1, b1, h, offsets, token_at, acc, e, fo, 0, 1)
-                else:
-                    for g in range((offsets[e + 1] - offsets[e] + MR - 1) // MR):
-                        layer1(x, w1, b1, h, offsets, token_at, acc, e, fo, g, MR)
-        # 3. second layer, weighted, scattered back to token order; parallel over tiles of H
-        for ho in T.parallel(hidden // ht):
-            acc2 = T.decl_buffer((MR, ht), "float32", scope="local")
-            for t in range(tokens):
-                for v in T.vectorized(ht):
-                    y[t, ho * ht + v] = T.float32(0)
+        single = T.alloc_buffer((singles,), "int32")  # the single-row experts, in order
+        slot = T.alloc_buffer((experts,), "int32")  # each one's place in that list
+        sums = T.alloc_buffer((parts, singles if skip_zeros else 1, hidden), "float32")
+        count = T.alloc_buffer((1,), "int32")
+        count[0] = 0
+        if skip_zeros:
             for e in range(experts):
                 if offsets[e + 1] - offsets[e] == 1:
-                    layer2(h, w2, b2, y, offsets, token_at, weight_at, acc2, e, ho, 0, 1)
-                else:
-                    for g in range((offsets[e + 1] - offsets[e] + MR - 1) // MR):
-                        layer2(h, w2, b2, y, offsets, token_at, weight_at, acc2, e, ho, g, MR)
+                    single[count[0]] = e
+                    slot[e] = count[0]
+                    count[0] = count[0] + 1
+        # 2. first layer of the active experts, parallel over column tiles of F; with skip_zeros,
+        # over `parts` ranges of those tiles, and each task goes on to the W2 rows of its own
+        # columns for the single-row experts (their second layer needs no other task's h)
+        for part in T.parallel(parts):
+            acc = T.decl_buffer((MR, wt), "float32", scope="local")
+            for fo in T.serial(tiles * part // parts, tiles * (part + 1) // parts):
+                for e in range(experts):
+                    if offsets[e + 1] - offsets[e] == 1:  # one row: no clamped copies to compute
+                        layer1(x, w1, b1, h, offsets, token_at, acc, e, fo, 0, 1)
+                    else:
+                        for g in range((offsets[e + 1] - offsets[e] + MR - 1) // MR):
+                            layer1(x, w1, b1, h, offsets, token_at, acc, e, fo, g, MR)
+            if skip_zeros:
+                gather_rows(h, w2r, sums, offsets, single, count[0], part, tiles * part // parts * ft,
+                            tiles * (part + 1) // parts * ft)
+        # 3. second layer, weighted, scattered back to token order; parallel over tiles of H (on
+        # the calling thread when every expert has a single row: then it only adds the parts)
+        if skip_zeros and T.Cast("int64", count[0]) == pairs:
+            for ho in T.serial(hidden // ht):
+                second_layer(h, w2, b2, y, offsets, token_at, weight_at, slot, sums, ho)
+        else:
+            for ho in T.parallel(hidden // ht):
+                second_layer(h, w2, b2, y, offsets, token_at, weight_at, slot, sums, ho)
+
+    if not skip_zeros:
+        @T.prim_func(private=True, s_tir=True)
+        def kernel(x: T.Buffer((tokens, hidden), "float32"), logits: T.Buffer((tokens, experts), "float32"),
+                   w1: T.Buffer((experts, ffn // ft, hidden, wt), "float32"),
+                   b1: T.Buffer((experts, width1), "float32"), w2: T.Buffer((experts, hidden // ht, ffn, ht), "float32"),
+                   b2: T.Buffer((experts, hidden), "float32"), y: T.Buffer((tokens, hidden), "float32")):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(x, logits, w1, b1, w2, None, b2, y)
+    elif panels:
+        @T.prim_func(private=True, s_tir=True)
+        def kernel(x: T.Buffer((tokens, hidden), "float32"), logits: T.Buffer((tokens, experts), "float32"),
+                   w1: T.Buffer((experts, ffn // ft, hidden, wt), "float32"),
+                   b1: T.Buffer((experts, width1), "float32"), w2: T.Buffer((experts, hidden // ht, ffn, ht), "float32"),
+                   w2r: T.Buffer((experts, ffn, hidden), "float32"),
+                   b2: T.Buffer((experts, hidden), "float32"), y: T.Buffer((tokens, hidden), "float32")):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(x, logits, w1, b1, w2, w2r, b2, y)
+    else:
+        @T.prim_func(private=True, s_tir=True)
+        def kernel(x: T.Buffer((tokens, hidden), "float32"), logits: T.Buffer((tokens, experts), "float32"),
+                   w1: T.Buffer((experts, ffn // ft, hidden, wt), "float32"),
+                   b1: T.Buffer((experts, width1), "float32"), w2r: T.Buffer((experts, ffn, hidden), "float32"),
+                   b2: T.Buffer((experts, hidden), "float32"), y: T.Buffer((tokens, hidden), "float32")):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            body(x, logits, w1, b1, None, w2r, b2, y)
 
     return kernel
 
@@ -349,10 +466,19 @@ def _moe_signature(node: Node, x):
 def lower_moe(bb: relax.BlockBuilder, node: Node, inputs: list, attrs: dict):
     x, logits, w1, b1, w2, b2 = inputs[:6]
     tokens, count, hidden, ffn, experts, k, activation, gated, name = _moe_signature(node, x)
-    kernel = bb.add_func(moe_kernel(tokens, hidden, ffn, experts, k, activation, gated, node.attr("softmax"),
-                                    bool(node.attr("normalize", 0))), name)
+    skip = bool(node.attr("skip_zeros", 0))
+    kernel = moe_kernel(tokens, hidden, ffn, experts, k, activation, gated, node.attr("softmax"),
+                        bool(node.attr("normalize", 0)), skip)
     w1p, b1p, w2p = pack_expert_weights(node.input(2).const, node.input(3).const, node.input(4).const, gated)
-    return relax.call_tir(kernel, [x, logits, relax.const(w1p), relax.const(b1p), relax.const(w2p), b2],
+    # with skip_zeros, W2 as it is ([E, F, H], rows whole) besides the panels, or instead of them at one token
+    if not skip:
+        w2_args = [relax.const(w2p)]
+    elif len(kernel.params) == 7:
+        w2_args = [w2]
+    else:
+        w2_args = [relax.const(w2p), w2]
+    kernel = bb.add_func(kernel, name + ("_skip" if skip else ""))
+    return relax.call_tir(kernel, [x, logits, relax.const(w1p), relax.const(b1p), *w2_args, b2],
                           relax.TensorType([count, hidden], "float32"))
 
 
