@@ -86,8 +86,8 @@ def main() -> None:
 
 
 def table_row(args, experts: int, k: int, tokens: int) -> str:
-    """One configuration, measured; its models and sessions are freed on return (E=64 holds
-    ~4 GB of them: kept across rows, the runs reached this machine's 24 GB and were killed)."""
+    """One configuration, measured; its models and sessions go when it returns (E=64 holds ~4 GB
+    of them: kept across rows, the runs reached this machine's 24 GB and were killed)."""
     model = dense_masked_moe(args.hidden, args.ffn, experts, k, tokens=tokens)
     x = np.random.default_rng(tokens).standard_normal((tokens, args.hidden)).astype(np.float32)
     feeds = {"x": x}

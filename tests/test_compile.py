@@ -656,3 +656,27 @@ def test_depthwise_tiles(channels, size, k, stride, batch, rng):
     shape = [batch, channels, size, size]
     model = make(nodes, [f32("x", shape)], [f32("y", [batch, channels, out, out])], [w, b])
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal(shape).astype(np.float32)})
+
+
+def test_a_deleted_compiled_model_frees_its_runner_without_the_garbage_collector(rng):
+    """TVMScript's parser leaves reference cycles through the compiler's frames; until they are
+    collected, the frames keep the runner (and its weights) alive after the user drops the model.
+    The build collects them, so `del` frees the model even with the collector off. (An MoE: its
+    kernel is TVMScript with macros, whose expansion makes such a cycle.)"""
+    import gc
+    import weakref
+
+    from sparsec.models.moe_layers import dense_masked_moe
+
+    model = dense_masked_moe(32, 48, 4, 1, tokens=4)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        compiled = sparsec.compile(model)
+        compiled.run({"x": rng.standard_normal((4, 32)).astype(np.float32)})
+        runner = weakref.ref(compiled._runner)
+        del compiled
+        assert runner() is None
+    finally:
+        if collecting:
+            gc.enable()
