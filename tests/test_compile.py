@@ -1,6 +1,9 @@
 """Differential tests: sparsec's TVM build against ONNX Runtime on the same model."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -680,3 +683,33 @@ def test_a_deleted_compiled_model_frees_its_runner_without_the_garbage_collector
     finally:
         if collecting:
             gc.enable()
+
+
+def test_models_use_every_core_unless_told():
+    """TVM's own default pool is half the logical CPUs (it assumes two hardware threads per core):
+    on a VM without SMT, half the cores, and with a one-thread pool TVM also pinned the calling
+    thread to CPU 0 (and every thread it started later, ORT's included). Models compiled without
+    num_threads use every core; num_threads picks fewer for a model, a later model without one
+    gets them all back, and the process's CPU affinity is left alone. In a fresh process, since
+    TVM sizes its pool once."""
+    script = """
+import os, numpy as np, sparsec, tvm
+from sparsec.models import mlp
+from sparsec.backends.tvm.backend import physical_cores
+try:
+    os.sched_setaffinity(0, range(os.cpu_count()))  # undo a pinning inherited from the test runner
+except OSError:
+    pass
+allowed, cores = os.sched_getaffinity(0), physical_cores()
+threads = tvm.get_global_func("runtime.NumThreads")
+model, feeds = mlp([32, 64, 16], seed=3), {"x": np.ones((4, 32), np.float32)}
+seen = []
+for num_threads in (None, 1, None):
+    sparsec.compile(model, num_threads=num_threads).run(feeds)
+    seen.append(threads())
+assert seen == [cores, 1, cores], (seen, cores)
+assert os.sched_getaffinity(0) == allowed
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

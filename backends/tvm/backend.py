@@ -110,8 +110,7 @@ class TVMRunner:
             ok, why = self.can_run
             if not ok:
                 raise SparsecError(f"cannot run a {self.target} model here: {why} (it compiled and exports fine)")
-            if self.num_threads:
-                set_num_threads(int(self.num_threads))
+            set_num_threads(int(self.num_threads) if self.num_threads else default_threads())
             self._device = get_target(self.target).device()
             self._vm = relax.VirtualMachine(self.executable, self._device)
         return self._vm
@@ -195,6 +194,38 @@ def _flatten(result):
 
 
 def set_num_threads(n: int) -> None:
-    """Size TVM's thread pool (affinity mode 0: no pinning, which a shared machine needs)."""
-    os.environ["TVM_NUM_THREADS"] = str(n)
+    """Use n threads of TVM's pool (affinity mode 0: no pinning, which a shared machine needs).
+    The pool itself has default_threads() of them (sized when first used, see below): more than
+    that cannot be had, fewer can be chosen per model."""
     tvm.get_global_func("runtime.config_threadpool")(0, n)
+
+
+def default_threads() -> int:
+    """The threads a model runs on unless told: TVM_NUM_THREADS or OMP_NUM_THREADS if the user
+    set one, else every core this process may use (hardware threads of one core counted once)."""
+    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(name, "").strip().isdigit() and int(os.environ[name]) > 0:
+            return int(os.environ[name])
+    return physical_cores()
+
+
+def physical_cores() -> int:
+    """Cores among the CPUs this process may run on: CPUs that are hardware threads of the same
+    core (Linux's thread_siblings_list) count once."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+# TVM sizes its thread pool once, when first used, to TVM_NUM_THREADS (or OMP_NUM_THREADS), else
+# to half the logical CPUs, assuming two hardware threads per core: on a VM without SMT that is
+# half the cores (one of a 2-core VM's two: models compiled without num_threads ran on one
+# thread, and a later num_threads=2 could not grow the pool). Sized to every core here, before
+# any use, unless the user chose.
+if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["TVM_NUM_THREADS"] = str(physical_cores())
