@@ -6,6 +6,9 @@ import pytest
 
 # Tests never read or write the user's tuning database (a tuned kernel would change what they test).
 os.environ["SPARSEC_TUNING_DB"] = tempfile.mkdtemp(prefix="sparsec-test-tuning-")
+# Each pytest-xdist worker gets its share of the cores: TVM's pool would otherwise take all of them
+# in every worker, two workers' threads competing for each core.
+os.environ.setdefault("TVM_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 from sparsec.backends import ort
 

@@ -661,16 +661,19 @@ def test_depthwise_tiles(channels, size, k, stride, batch, rng):
     assert_matches_ort(sparsec.compile(model), model, {"x": rng.standard_normal(shape).astype(np.float32)})
 
 
-def test_a_deleted_compiled_model_frees_its_runner_without_the_garbage_collector(rng):
+def test_a_deleted_compiled_model_frees_its_runner_without_the_garbage_collector(rng, monkeypatch):
     """TVMScript's parser leaves reference cycles through the compiler's frames; until they are
     collected, the frames keep the runner (and its weights) alive after the user drops the model.
-    The build collects them, so `del` frees the model even with the collector off. (An MoE: its
-    kernel is TVMScript with macros, whose expansion makes such a cycle.)"""
+    A build whose weights reach COLLECT_ABOVE_BYTES collects them, so `del` frees the model even
+    with the collector off. (An MoE: its kernel is TVMScript with macros, whose expansion makes
+    such cycles; the threshold lowered to 0 so that a small one stands for a large one.)"""
     import gc
     import weakref
 
+    from sparsec.backends.tvm import backend
     from sparsec.models.moe_layers import dense_masked_moe
 
+    monkeypatch.setattr(backend, "COLLECT_ABOVE_BYTES", 0)
     model = dense_masked_moe(32, 48, 4, 1, tokens=4)
     collecting = gc.isenabled()
     gc.disable()

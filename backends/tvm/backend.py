@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 
 from ...errors import CompileError, SparsecError
+from ...frontend.onnx_export import weight_bytes
 from ...ir.graph import Graph
 from . import kernels  # noqa: F401 - importing registers the lowerings of sparsec ops
 from .lower import lower_to_relax
@@ -49,11 +50,14 @@ class TVMBackend:
             raise CompileError(message) from err
         runner = TVMRunner(executable, target, str(tvm_target), options.get("num_threads"))
         runner.tuning = tuning
-        # TVMScript's parser keeps a list of the outer frames inside one of them (a reference
-        # cycle), which holds this frame and the caller's, with the Relax module's weights and
+        # TVMScript's parser keeps lists of the outer frames inside some of them (reference
+        # cycles), which hold this frame and the caller's, with the Relax module's weights and
         # the runner, until the garbage collector runs: a compiled model deleted by the user
         # stayed in memory (a benchmark compiling one E=64 MoE after another reached 24 GB).
-        gc.collect()
+        # A full collection takes ~0.15 s, a third of a small model's compile: done where the
+        # weights make it matter.
+        if weight_bytes(graph) >= COLLECT_ABOVE_BYTES:
+            gc.collect()
         return runner
 
     def load(self, folder: Path, manifest: dict) -> "TVMRunner":
@@ -89,6 +93,10 @@ def _tuning(spec, tvm_target, mod, options: dict) -> tuple[dict | None, object]:
         return {"database": str(folder), "applied": False,
                 "why": "it was tuned against other sparsec schedules (an older build): tune again to use it"}, None
     return {**(summary or {}), "database": str(folder), "applied": True}, tuning.open_database(folder)
+
+
+# Weights from which a build collects the reference cycles TVMScript leaves (see build).
+COLLECT_ABOVE_BYTES = 64 << 20
 
 
 class TVMRunner:
