@@ -143,7 +143,9 @@ class MoEDispatch(Pass):
                 continue
             x_shape = match.x.type.shape if isinstance(match.x.type, TensorType) else None
             tokens = x_shape[0] if x_shape else None
-            skip = zero_skip and match.activation == "relu" and bool(np.isfinite(match.w2).all())
+            # the CPU kernels' row gather (targets with relu-skip's kernel) does the skipping
+            skip = (zero_skip and match.activation == "relu" and ctx.has_kernel("ReluSkipMatMul")
+                    and bool(np.isfinite(match.w2).all()))
             _rewrite(node, match, skip)
             result.rewrites[self.name] += 1
             detail = {"node": node.name, "experts": match.experts, "k": match.k, "activation": match.activation,

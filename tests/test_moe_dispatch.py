@@ -222,6 +222,7 @@ def test_moe_dispatch_on_cuda_builds_cuda_expert_kernels(model):
     launches of the expert kernel), the kernel's arithmetic by the test below."""
     compiled = sparsec.compile(model, target="cuda", arch="sm_80")
     assert compiled.report["rewrites"] == {"moe-dispatch": 1}
+    assert _skip_details(compiled) == [(False, None)]  # the zero skip is the CPU kernel's
     source = cuda_source(compiled)
     kernels = [line for line in source.splitlines() if "__global__" in line and "{" in line]
     assert sum("_cuda_kernel" in line for line in kernels) == 3 and any("topk" in line for line in kernels)

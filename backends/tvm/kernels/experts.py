@@ -291,9 +291,10 @@ def moe_kernel(tokens, hidden: int, ffn: int, experts: int, k: int, activation: 
             token_at[fill[idx[t, j]]] = t
             weight_at[fill[idx[t, j]]] = gate[t, j]
             fill[idx[t, j]] = fill[idx[t, j]] + 1
-        single = T.alloc_buffer((singles,), "int32")  # the single-row experts, in order
-        slot = T.alloc_buffer((experts,), "int32")  # each one's place in that list
-        sums = T.alloc_buffer((parts, singles if skip_zeros else 1, hidden), "float32")
+        # (without skip_zeros these three are unused: one element each)
+        single = T.alloc_buffer((singles,) if skip_zeros else (1,), "int32")  # the single-row experts, in order
+        slot = T.alloc_buffer((experts,) if skip_zeros else (1,), "int32")  # each one's place in that list
+        sums = T.alloc_buffer((parts, singles, hidden) if skip_zeros else (1,), "float32")
         count = T.alloc_buffer((1,), "int32")
         count[0] = 0
         if skip_zeros:
