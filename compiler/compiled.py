@@ -56,6 +56,15 @@ class CompiledModel:
         self.outputs = outputs
         self.report = report
         self.manifest = manifest
+        # The last call's input signature (names, shapes, dtypes) and its outputs' (shape, dtype):
+        # a call that repeats it skips the checks it would pass again. Right after other work
+        # (another model, another runtime) the checks cost ~0.1 ms of cold Python, a tenth of a
+        # one-token MoE layer. Outputs are compared only where the inputs fix their shapes.
+        self._accepted: tuple | None = None
+        self._produced: tuple | None = None
+        symbols = {d for s in inputs if s.shape for d in s.shape if isinstance(d, str)}
+        self._outputs_fixed = all(s.dtype != "unknown" and s.shape is not None
+                                  and all(isinstance(d, int) or d in symbols for d in s.shape) for s in outputs)
 
     @property
     def target(self) -> str:
@@ -63,7 +72,10 @@ class CompiledModel:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run on named inputs; returns the outputs in the graph's output order."""
-        arrays = self._check_feeds(feeds)
+        arrays = self._as_before(feeds)
+        repeat = arrays is not None
+        if not repeat:
+            arrays = self._check_feeds(feeds)
         try:
             outputs = self._runner.run(arrays)
         except SparsecError:
@@ -72,8 +84,25 @@ class CompiledModel:
             lines = str(err).strip().splitlines()
             raise RunError(f"the {self.report.get('backend', 'backend')} backend stopped on these inputs: "
                            f"{lines[-1] if lines else type(err).__name__}") from None
-        self._check_outputs(arrays, outputs)
+        if not (repeat and self._produced is not None and _same_signature(outputs, self._produced)):
+            self._check_outputs(arrays, outputs)
+            self._accepted = tuple((spec.name, a.shape, a.dtype) for spec, a in zip(self.inputs, arrays))
+            self._produced = tuple((o.shape, o.dtype) for o in outputs) if self._outputs_fixed else None
         return outputs
+
+    def _as_before(self, feeds) -> list[np.ndarray] | None:
+        """The arrays in input order if ``feeds`` repeats the last accepted call's names, shapes
+        and dtypes (numpy arrays only), else None: the full checks decide."""
+        accepted = self._accepted
+        if accepted is None or type(feeds) is not dict or len(feeds) != len(accepted):
+            return None
+        arrays = []
+        for name, shape, dtype in accepted:
+            array = feeds.get(name)
+            if type(array) is not np.ndarray or array.shape != shape or array.dtype != dtype:
+                return None
+            arrays.append(array)
+        return arrays
 
     def __call__(self, *args, **feeds) -> list[np.ndarray]:
         if args:
@@ -152,6 +181,11 @@ class CompiledModel:
         ins = ", ".join(map(str, self.inputs))
         outs = ", ".join(map(str, self.outputs))
         return f"CompiledModel(target={self.target!r}, inputs=[{ins}], outputs=[{outs}])"
+
+
+def _same_signature(arrays: list, signature: tuple) -> bool:
+    return len(arrays) == len(signature) and all(
+        type(a) is np.ndarray and a.shape == shape and a.dtype == dtype for a, (shape, dtype) in zip(arrays, signature))
 
 
 def load_compiled(folder: "str | os.PathLike") -> CompiledModel:

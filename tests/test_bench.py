@@ -162,3 +162,17 @@ def test_inputs_from_npz_are_used(mlp_file, tmp_path):
     np.savez(tmp_path / "wrong.npz", y=x)
     with pytest.raises(sparsec.SparsecError, match="lacks input"):
         sparsec.bench(str(mlp_file), backends=["ort"], inputs=tmp_path / "wrong.npz", repeat=1)
+
+
+def test_cold_rounds_evict_before_every_timed_call_untimed(monkeypatch):
+    from sparsec.benchmark import measure
+
+    events = []
+    runs = {name: (lambda name=name: events.append(name)) for name in "ab"}
+    clock = iter(range(100))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    times = measure.interleaved_times(runs, 2, before_each=lambda: events.append("evict"))
+    assert events == ["evict", "a", "evict", "b", "evict", "b", "evict", "a"]
+    assert times == {"a": [1, 1], "b": [1, 1]}  # the eviction is outside the timed span
+    assert measure.CacheEviction(1 << 20).buffer.nbytes == 1 << 20
+    assert measure.largest_cache_bytes() >= 1 << 20

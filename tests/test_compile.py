@@ -427,9 +427,12 @@ def test_export_and_load_compiled(tmp_path, rng):
     assert_matches_ort(loaded, model, {"x": x})
 
 
-def test_bad_inputs_get_clear_errors(rng):
+@pytest.mark.parametrize("after_good_calls", [0, 2])
+def test_bad_inputs_get_clear_errors(after_good_calls, rng):
     compiled = sparsec.compile(mlp((8, 4)))
     good = rng.standard_normal((2, 8)).astype(np.float32)
+    for _ in range(after_good_calls):  # a repeated signature skips the checks: bad inputs must not
+        compiled.run({"x": good})
     with pytest.raises(InputError, match="unknown input 'y'"):
         compiled.run({"y": good})
     with pytest.raises(InputError, match="missing input 'x'"):
@@ -512,8 +515,25 @@ def test_a_wrong_output_shape_from_a_converter_is_refused(rng):
     model.graph.initializer.extend([numpy_helper.from_array(np.ones(4, np.float32), "s"),
                                     numpy_helper.from_array(np.zeros(4, np.float32), "b")])
     compiled = sparsec.compile(model)
-    with pytest.raises(sparsec.BackendOutputError, match="output 'mean' with shape"):
-        compiled.run({"x": rng.standard_normal((3, 4)).astype(np.float32)})
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    for _ in range(2):  # every call, not only the first of a signature
+        with pytest.raises(sparsec.BackendOutputError, match="output 'mean' with shape"):
+            compiled.run({"x": x})
+
+
+def test_a_repeated_input_signature_skips_only_checks_it_passed(rng, monkeypatch):
+    model = mlp((8, 16, 4), batch="batch")
+    compiled = sparsec.compile(model)
+    checked = []
+    full_check = compiled._check_feeds
+    monkeypatch.setattr(compiled, "_check_feeds", lambda feeds: checked.append(1) or full_check(feeds))
+    calls = [rng.standard_normal((n, 8)).astype(np.float32) for n in (2, 2, 2, 5, 5)]
+    calls.insert(2, calls[1].T.copy().T)  # same shape, not contiguous: taken as is
+    for x in calls:
+        np.testing.assert_allclose(compiled.run({"x": x})[0], ort.run(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    assert len(checked) == 2  # the first call and the first with 5 rows
+    with pytest.raises(InputError, match="unknown input 'y'"):
+        compiled.run({"x": calls[-2], "y": calls[-2]})
 
 
 def test_converter_failures_are_compile_errors_naming_the_node():

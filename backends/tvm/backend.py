@@ -124,12 +124,24 @@ class TVMRunner:
         return self._vm
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        vm = self._machine()
         if self._main is None:
-            self._main = vm["main"]
-        args = [self._stage(i, a) for i, a in enumerate(arrays)]
-        staged = [slot.extent for slot in self._staging.values() if slot.extent is not None]
-        return [_to_numpy(t, staged) for t in _flatten(self._main(*args))]
+            self._main = self._machine()["main"]
+        result = self._main(*[self._stage(i, a) for i, a in enumerate(arrays)])
+        if isinstance(result, tvm.runtime.Tensor):  # one output, the common case
+            return [self._hand_over(result)]
+        return [self._hand_over(t) for t in _flatten(result)]
+
+    def _hand_over(self, tensor) -> np.ndarray:
+        """Outputs are handed over without a copy (DLPack), except when one shares memory with a
+        staged input (an Identity model returns its input): the next call overwrites that buffer."""
+        try:
+            array = np.from_dlpack(tensor)
+        except (TypeError, BufferError, RuntimeError):
+            return tensor.numpy()  # dtypes numpy cannot take over (bfloat16, float8)
+        for slot in self._staging.values():
+            if slot.memory is not None and np.may_share_memory(array, slot.memory):  # bounds only: cheap
+                return array.copy()
+        return array
 
     def _stage(self, index: int, array: np.ndarray):
         """Copy the input into a device tensor kept from call to call (allocating one per call
@@ -155,41 +167,17 @@ class TVMRunner:
 
 
 class _Staged:
-    """A staged input tensor, a numpy view of its memory (None where numpy cannot view the dtype)
-    and the memory's extent."""
+    """A staged input tensor and numpy views of its memory: ``memory`` (None where numpy cannot
+    take the tensor) and ``view``, that memory as the input's dtype and shape (else None)."""
 
     def __init__(self, tensor, like: np.ndarray):
         self.tensor, self.shape, self.dtype = tensor, like.shape, like.dtype
         try:
-            self.view = np.from_dlpack(tensor)
+            self.memory = np.from_dlpack(tensor)  # the tensor's memory, whatever numpy makes of its dtype
         except (TypeError, BufferError, RuntimeError):
-            self.view = None
-        if self.view is not None and (self.view.dtype != like.dtype or self.view.shape != like.shape):
-            self.view = None
-        self.extent = _extent(tensor)
-
-
-def _extent(tensor) -> tuple[int, int] | None:
-    """[start, end) of a tensor's memory."""
-    try:
-        array = np.from_dlpack(tensor)
-    except (TypeError, BufferError, RuntimeError):
-        return None
-    start = array.__array_interface__["data"][0]
-    return start, start + array.nbytes
-
-
-def _to_numpy(tensor, staged: list) -> np.ndarray:
-    """Outputs are handed over without a copy (DLPack), except when one shares memory with a
-    staged input (an Identity model returns its input): the next call overwrites that buffer."""
-    try:
-        array = np.from_dlpack(tensor)
-    except (TypeError, BufferError, RuntimeError):
-        return tensor.numpy()  # dtypes numpy cannot take over (bfloat16, float8)
-    start = array.__array_interface__["data"][0]
-    if any(start < end and begin < start + max(array.nbytes, 1) for begin, end in staged):
-        return array.copy()
-    return array
+            self.memory = None
+        fits = self.memory is not None and self.memory.dtype == like.dtype and self.memory.shape == like.shape
+        self.view = self.memory if fits else None
 
 
 def _flatten(result):

@@ -13,22 +13,49 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def interleaved_times(runs: dict[str, Callable[[], object]], repeat: int, on_round: Callable[[], None] | None = None) -> dict[str, list[float]]:
+def interleaved_times(runs: dict[str, Callable[[], object]], repeat: int, on_round: Callable[[], None] | None = None,
+                      before_each: Callable[[], object] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each function, in rounds (A B C, B C A, C A B, ...): interleaving makes
     drift hit all alike, and rotating the order spreads the cost of running right after another
-    runtime (cold caches, a thread pool waking up) over all of them."""
+    runtime (cold caches, a thread pool waking up) over all of them. ``before_each`` runs, untimed,
+    before every timed call: ``CacheEviction()`` puts every contender in the same cold state, where
+    without it one may find the weights another has just read (two that read the same experts)."""
     times: dict[str, list[float]] = {key: [] for key in runs}
     keys = list(runs)
     for round_index in range(repeat):
         shift = round_index % max(len(keys), 1)
         for key in keys[shift:] + keys[:shift]:
             fn = runs[key]
+            if before_each:
+                before_each()
             start = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - start)
         if on_round:
             on_round()
     return times
+
+
+class CacheEviction:
+    """Reads a buffer twice the size of the largest CPU cache, so that the next call finds its
+    weights in memory, not in cache: the state of a layer's weights inside a model, where the
+    other layers' weights pass through the caches between two calls of it."""
+
+    def __init__(self, nbytes: int | None = None):
+        self.buffer = np.ones((nbytes or 2 * largest_cache_bytes()) // 8, np.float64)
+
+    def __call__(self) -> float:
+        return float(self.buffer.sum())
+
+
+def largest_cache_bytes(default: int = 64 << 20) -> int:
+    """The largest CPU cache (Linux sysfs), else ``default``."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        match = re.fullmatch(r"(\d+)([KMG]?)", path.read_text().strip())
+        if match:
+            sizes.append(int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2)])
+    return max(sizes, default=default)
 
 
 def summarize(seconds: list[float]) -> dict:
