@@ -43,6 +43,27 @@ def routing(model: onnx.ModelProto, x: np.ndarray, k: int) -> list[tuple[int, np
     return picked
 
 
+def weights_read(model: onnx.ModelProto, x: np.ndarray, k: int) -> dict[str, int]:
+    """Bytes of weights each contender must read per call: ORT every expert's; the oracle the
+    router's and the picked experts'; sparsec the same, but of a ReLU expert with a single row
+    only the W2 rows whose activation is not zero (the kernel's skip). At one token these bound
+    the speed-up over ORT when both stream from memory at the same rate."""
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    router = w["l0_wr"].nbytes + w["l0_br"].nbytes
+    picked = routing(model, x, k)
+    expert = lambda e: sum(w[n][e].nbytes for n in ("l0_w1", "l0_b1", "l0_b2"))  # noqa: E731
+    second = []
+    for e, rows, _ in picked:
+        if len(rows) == 1:
+            h = np.maximum(x[rows] @ w["l0_w1"][e] + w["l0_b1"][e], 0)
+            second.append(int(np.count_nonzero(h)) * w["l0_w2"].shape[-1] * 4)
+        else:
+            second.append(w["l0_w2"][e].nbytes)
+    return {"ort": sum(a.nbytes for n, a in w.items() if n.startswith("l0_")),
+            "oracle": router + sum(expert(e) + w["l0_w2"][e].nbytes for e, _, _ in picked),
+            "sparsec": router + sum(expert(e) for e, _, _ in picked) + sum(second)}
+
+
 def oracle(model: onnx.ModelProto, x: np.ndarray, k: int) -> onnx.ModelProto:
     """ORT computing only the picked experts for these inputs: gather their rows, FFN, scatter-add."""
     w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -79,9 +100,10 @@ def main() -> None:
     parser.add_argument("--tokens", default="1,16,128")
     parser.add_argument("--top-k", default="1,2")
     args = parser.parse_args()
-    print(f"| experts | top-k | tokens | ORT ms | sparsec ms | oracle ms | sparsec vs ORT | sparsec / oracle |  "
+    print(f"| experts | top-k | tokens | ORT ms | sparsec ms | oracle ms | sparsec vs ORT | sparsec / oracle "
+          f"| MB read: ORT / sparsec / oracle | ORT / sparsec bytes |  "
           f"(hidden {args.hidden}, FFN {args.ffn}, {args.threads} threads, median of {args.repeat})")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for experts in map(int, args.experts.split(",")):
         for k in map(int, args.top_k.split(",")):
             for tokens in map(int, args.tokens.split(",")):
@@ -106,8 +128,11 @@ def table_row(args, experts: int, k: int, tokens: int) -> str:
         for _ in range(3):
             fn()
     ms = {key: float(np.median(v)) * 1e3 for key, v in interleaved_times(runs, args.repeat, before_each=CacheEviction()).items()}
+    read = weights_read(model, x, k)
     return (f"| {experts} | {k} | {tokens} | {ms['ort']:.3f} | {ms['sparsec']:.3f} | {ms['oracle']:.3f} | "
-            f"{ms['ort'] / ms['sparsec']:.1f}x | {ms['sparsec'] / ms['oracle']:.2f} |")
+            f"{ms['ort'] / ms['sparsec']:.1f}x | {ms['sparsec'] / ms['oracle']:.2f} | "
+            f"{read['ort'] / 1e6:.1f} / {read['sparsec'] / 1e6:.1f} / {read['oracle'] / 1e6:.1f} | "
+            f"{read['ort'] / read['sparsec']:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ class CompiledModel:
         if not (repeat and self._produced is not None and _same_signature(outputs, self._produced)):
             self._check_outputs(arrays, outputs)
             self._accepted = tuple((spec.name, a.shape, a.dtype) for spec, a in zip(self.inputs, arrays))
-            self._produced = tuple((o.shape, o.dtype) for o in outputs) if self._outputs_fixed else None
+            fixed = self._outputs_fixed and all(type(o) is np.ndarray for o in outputs)
+            self._produced = tuple((o.shape, o.dtype) for o in outputs) if fixed else None
         return outputs
 
     def _as_before(self, feeds) -> list[np.ndarray] | None:
