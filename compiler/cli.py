@@ -241,6 +241,8 @@ def bench_cmd(models: Optional[list[Path]] = typer.Argument(None, help="ONNX mod
               plot_out: Optional[Path] = typer.Option(None, "--plot", help="write a PNG chart"),
               rtol: float = typer.Option(1e-3, "--rtol"), atol: float = typer.Option(1e-4, "--atol"),
               seed: int = typer.Option(0, "--seed", help="seed of the generated inputs"),
+              cold: bool = typer.Option(False, "--cold", help="evict the CPU caches before every timed call: each backend "
+                                        "reads its weights from memory, as one layer of a bigger model does"),
               tuning_db: Optional[str] = typer.Option(None, "--tuning-db", help="tuning database for the sparsec backends "
                                                       "(backend 'untuned' compiles without one)")):
     """Time ONNX Runtime, plain TVM and sparsec side by side on models, checking every output."""
@@ -275,7 +277,7 @@ def bench_cmd(models: Optional[list[Path]] = typer.Argument(None, help="ONNX mod
         task = bar.add_task("benchmarking", total=None)
         result = bench(cases, backends=_split([backends]), targets=_split([targets]), passes=passes, threads=threads,
                        batch=sizes, dims=_parse_dims(dim), shapes=_parse_shapes(shape), pass_options=_parse_pass_options(pass_option), tuning_db=tuning_db, inputs=inputs, repeat=repeat, warmup=warmup, rtol=rtol,
-                       atol=atol, seed=seed, command=command,
+                       atol=atol, seed=seed, cold=cold, command=command,
                        progress=lambda text, done, total: bar.update(task, description=text, completed=done, total=total))
     # A pipe or file gets the whole table, not one folded to 80 columns.
     (console if console.is_terminal else Console(width=200)).print(result.table())

@@ -104,7 +104,7 @@ def test_cli_writes_every_output(mlp_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["bench", str(mlp_file), "--batch", "1,3", "--backends", "ort,sparsec", "--repeat", "3", "--warmup", "1",
               "--threads", "1", "--json", str(out["json"]), "--csv", str(out["csv"]), "--markdown", str(out["md"]),
-              "--plot", str(out["png"])])
+              "--plot", str(out["png"]), "--cold"])
     assert done.value.code == 0
     printed = capsys.readouterr().out
     assert "sparsec@llvm" in printed and "mlp.onnx batch 3" in printed
@@ -113,7 +113,8 @@ def test_cli_writes_every_output(mlp_file, tmp_path, capsys):
     assert document["command"].startswith("sparsec bench ") and "--batch 1,3" in document["command"]
     assert len(document["cases"]) == 2 and all(r["correct"] for c in document["cases"] for r in c["results"])
     assert len(list(csv.DictReader(out["csv"].open()))) == 4
-    assert out["md"].read_text().startswith("`sparsec bench ")
+    assert out["md"].read_text().startswith("`sparsec bench ") and "each after a cache eviction" in out["md"].read_text()
+    assert document["settings"]["cold"] is True
     image = __import__("matplotlib.image", fromlist=["imread"]).imread(out["png"])
     assert image.shape[0] > 300 and image.shape[1] > 500 and np.ptp(image) > 0
 
@@ -176,3 +177,20 @@ def test_cold_rounds_evict_before_every_timed_call_untimed(monkeypatch):
     assert times == {"a": [1, 1], "b": [1, 1]}  # the eviction is outside the timed span
     assert measure.CacheEviction(1 << 20).buffer.nbytes == 1 << 20
     assert measure.largest_cache_bytes() >= 1 << 20
+
+
+def test_bench_cold_evicts_before_every_timed_call(mlp_file, monkeypatch):
+    from sparsec.benchmark import run
+
+    evictions = []
+
+    class CountedEviction:
+        def __call__(self):
+            evictions.append(1)
+
+    monkeypatch.setattr(run, "CacheEviction", CountedEviction)
+    result = sparsec.bench(str(mlp_file), backends=["ort", "sparsec"], batch=2, repeat=3, warmup=1, threads=1, cold=True)
+    assert len(evictions) == 2 * 3 and result.settings["cold"] is True
+    assert all(r.correct and r.times_ms["runs"] == 3 for r in result.cases[0].results)
+    assert not sparsec.bench(str(mlp_file), backends=["ort"], batch=2, repeat=2, warmup=1, threads=1).settings["cold"]
+    assert len(evictions) == 6

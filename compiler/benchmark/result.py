@@ -103,7 +103,8 @@ class BenchResult:
     def to_markdown(self, path: "str | Path | None" = None) -> str:
         lines = [f"`{self.command}`", "",
                  f"{self.machine.get('cpu') or self.machine.get('machine')}, {self.settings['threads']} threads; "
-                 f"median of {self.settings['repeat']} interleaved runs after {self.settings['warmup']} warm-up; "
+                 f"median of {self.settings['repeat']} interleaved runs after {self.settings['warmup']} warm-up"
+                 f"{', each after a cache eviction' if self.settings.get('cold') else ''}; "
                  f"sparsec {self.versions.get('sparsec')}, TVM {self.versions.get('tvm')}, ORT {self.versions.get('onnxruntime')}; "
                  f"{self.created}", "",
                  "| case | backend | median ms | IQR ms | vs ORT | matches ORT | compile s | weights MB | peak MB | rewrites |",

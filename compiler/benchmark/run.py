@@ -21,7 +21,7 @@ from ..frontend import load
 from ..versions import versions
 from .contenders import Prepared, Settings, Skipped, make_contenders, outputs_match
 from .inputs import batch_dims, generate, load_npz
-from .measure import PeakMemory, interleaved_times, summarize
+from .measure import CacheEviction, PeakMemory, interleaved_times, summarize
 from .result import BackendResult, BenchResult, CaseResult
 
 
@@ -52,6 +52,7 @@ def bench(
     rtol: float = 1e-3,
     atol: float = 1e-4,
     seed: int = 0,
+    cold: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     command: str | None = None,
 ) -> BenchResult:
@@ -59,7 +60,9 @@ def bench(
 
     Runs are interleaved across backends after ``warmup`` calls each; every backend's outputs are
     compared with ONNX Runtime on the original model. A backend that cannot run here is reported
-    as skipped, one that fails as an error; neither stops the others.
+    as skipped, one that fails as an error; neither stops the others. ``cold``: every timed call
+    follows a read of twice the largest CPU cache (untimed), so each backend finds its weights in
+    memory, as one layer of a bigger model does, and none finds what another has just read.
     """
     if repeat < 1 or warmup < 0:
         raise SparsecError("repeat must be >= 1 and warmup >= 0")
@@ -69,21 +72,22 @@ def bench(
     contenders = make_contenders(list(backends), list(targets), passes)
     batches = [None] if batch is None else ([batch] if isinstance(batch, int) else list(batch))
     cases = []
+    eviction = CacheEviction() if cold else None
     with tempfile.TemporaryDirectory(prefix="sparsec-bench-") as scratch:
         for model_case in _model_cases(models):
             path = _as_file(model_case, Path(scratch))
             for size in batches:
                 cases.append(_bench_case(model_case, path, size, dims, shapes, pass_options, tuning_db, inputs, contenders,
-                                         threads, repeat, warmup, rtol, atol, seed, progress))
+                                         threads, repeat, warmup, rtol, atol, seed, eviction, progress))
     settings = {"threads": threads, "repeat": repeat, "warmup": warmup, "rtol": rtol, "atol": atol, "seed": seed,
                 "backends": [c.label for c in contenders], "passes": passes if isinstance(passes, str) else list(passes),
-                "tvm_thread_pool_spin_count": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT"), "tuning_db": tuning_db}
+                "tvm_thread_pool_spin_count": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT"), "tuning_db": tuning_db, "cold": cold}
     return BenchResult(machine=machine(), versions=versions(), settings=settings, cases=cases,
                        command=command or "sparsec.bench(...)", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def _bench_case(model_case, path, size, dims, shapes, pass_options, tuning_db, inputs, contenders, threads, repeat, warmup, rtol,
-                atol, seed, progress):
+                atol, seed, eviction, progress):
     graph = load(path)
     case_dims = {**batch_dims(graph, size), **(dims or {})}
     if isinstance(inputs, dict):
@@ -130,7 +134,8 @@ def _bench_case(model_case, path, size, dims, shapes, pass_options, tuning_db, i
         ready[contender.label] = prepared
     rounds = iter(range(1, repeat + 1))
     times = interleaved_times({label: (lambda p=p: p.run(feeds)) for label, p in ready.items()}, repeat,
-                              on_round=(lambda: progress(f"{name}: timing", len(contenders) + next(rounds), total)) if progress else None)
+                              on_round=(lambda: progress(f"{name}: timing", len(contenders) + next(rounds), total)) if progress else None,
+                              before_each=eviction)
     for result in case.results:
         if result.backend in times:
             result.times_ms = summarize(times[result.backend])
