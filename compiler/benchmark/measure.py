@@ -52,7 +52,10 @@ def largest_cache_bytes(default: int = 64 << 20) -> int:
     """The largest CPU cache (Linux sysfs), else ``default``."""
     sizes = []
     for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        match = re.fullmatch(r"(\d+)([KMG]?)", path.read_text().strip())
+        try:
+            match = re.fullmatch(r"(\d+)([KMG]?)", path.read_text().strip())
+        except OSError:
+            continue
         if match:
             sizes.append(int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2)])
     return max(sizes, default=default)
