@@ -557,6 +557,33 @@ def test_an_output_that_is_the_input_is_not_overwritten_by_the_next_call(op):
     np.testing.assert_array_equal(first.ravel(), np.arange(6, dtype=np.float32))
 
 
+def aligned_copy(array: np.ndarray) -> np.ndarray:
+    """``array`` in 64-byte aligned memory, as TVM allocates (and torch): numpy's large arrays are not."""
+    spare = np.empty(array.nbytes + 64, np.uint8)
+    start = -spare.ctypes.data % 64
+    out = spare[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
+@pytest.mark.parametrize("op", ["Relu", "Identity", "Add", "Softmax"])
+def test_large_aligned_inputs_are_read_in_place_and_never_written(op, rng):
+    shape = [64, 8192]  # 2 MB: past BORROW_FROM_BYTES
+    graph = helper.make_graph([helper.make_node(op, ["x", "x"] if op == "Add" else ["x"], ["y"])], "g", [f32("x", shape)],
+                              [f32("y", shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = sparsec.compile(model)
+    x = rng.standard_normal(shape).astype(np.float32)
+    for array, staged in [(aligned_copy(x), False), (x, x.ctypes.data % 64 != 0), (aligned_copy(x.T).T, True)]:
+        before = array.copy()
+        out = compiled.run({"x": array})[0]
+        np.testing.assert_allclose(out, ort.run(model, {"x": array})[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(array, before)  # the caller's array is never written
+        assert not np.shares_memory(out, array)  # an Identity's output is a copy, not the caller's array
+        assert (0 in compiled._runner._staging) == staged
+        compiled._runner._staging.clear()
+
+
 def test_outputs_of_earlier_calls_stay_intact(rng):
     # Outputs are handed over without a copy: later calls must not reuse their memory.
     model = mlp((32, 64, 32), batch="batch")

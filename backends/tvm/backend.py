@@ -126,14 +126,23 @@ class TVMRunner:
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         if self._main is None:
             self._main = self._machine()["main"]
-        result = self._main(*[self._stage(i, a) for i, a in enumerate(arrays)])
+        args, borrowed = [], []
+        for index, array in enumerate(arrays):
+            tensor = _borrow(array)
+            if tensor is None:
+                tensor = self._stage(index, array)
+            else:
+                borrowed.append(array)
+            args.append(tensor)
+        result = self._main(*args)
         if isinstance(result, tvm.runtime.Tensor):  # one output, the common case
-            return [self._hand_over(result)]
-        return [self._hand_over(t) for t in _flatten(result)]
+            return [self._hand_over(result, borrowed)]
+        return [self._hand_over(t, borrowed) for t in _flatten(result)]
 
-    def _hand_over(self, tensor) -> np.ndarray:
-        """Outputs are handed over without a copy (DLPack), except when one shares memory with a
-        staged input (an Identity model returns its input): the next call overwrites that buffer."""
+    def _hand_over(self, tensor, borrowed: list) -> np.ndarray:
+        """Outputs are handed over without a copy (DLPack), except when one shares memory with an
+        input (an Identity model returns its input): a staged one is overwritten by the next call,
+        and a borrowed one is the caller's array."""
         try:
             array = np.from_dlpack(tensor)
         except (TypeError, BufferError, RuntimeError):
@@ -141,6 +150,8 @@ class TVMRunner:
         for slot in self._staging.values():
             if slot.memory is not None and np.may_share_memory(array, slot.memory):  # bounds only: cheap
                 return array.copy()
+        if any(np.may_share_memory(array, memory) for memory in borrowed):
+            return array.copy()
         return array
 
     def _stage(self, index: int, array: np.ndarray):
@@ -164,6 +175,24 @@ class TVMRunner:
         path = folder / LIBRARY
         self.executable.export_library(str(path))
         return [LIBRARY]
+
+
+# Inputs from this size on are read where they are when TVM can take them (below): copying 6.3 MB
+# into the staged tensor took 1.09 ms of a 2.03 ms Relu on Zen 3 (0.89 ms read in place).
+BORROW_FROM_BYTES = 1 << 20
+
+
+def _borrow(array: np.ndarray):
+    """The caller's array as a TVM tensor, without a copy, where TVM takes it: large, C-contiguous,
+    writable and 64-byte aligned (TVM refuses other data; numpy's large arrays start 16 bytes past
+    a page, while sparsec's outputs and torch's tensors are aligned). None otherwise. The compiled
+    functions do not write their inputs (Relax functions are pure; a test holds sparsec to it)."""
+    if array.nbytes < BORROW_FROM_BYTES or not array.flags.c_contiguous or array.ctypes.data % 64:
+        return None
+    try:
+        return tvm.runtime.from_dlpack(array)
+    except (TypeError, BufferError, RuntimeError, ValueError):  # read-only arrays, dtypes DLPack lacks
+        return None
 
 
 class _Staged:
