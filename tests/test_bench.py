@@ -179,6 +179,16 @@ def test_cold_rounds_evict_before_every_timed_call_untimed(monkeypatch):
     assert measure.largest_cache_bytes() >= 1 << 20
 
 
+def test_memory_floor_reads_every_byte_it_was_asked_for():
+    from sparsec.benchmark.memory_floor import StreamRead
+
+    read = StreamRead(1_000_000, threads=2)
+    read.data.copyfrom(np.arange(read.nbytes // 4, dtype=np.float32).reshape(read.data.shape) % 7)
+    read()
+    assert 1_000_000 - 2 * 16 * 4 < read.nbytes <= 1_000_000
+    assert read.total() == float((np.arange(read.nbytes // 4) % 7).sum())  # every element, each once
+
+
 def test_bench_cold_evicts_before_every_timed_call(mlp_file, monkeypatch):
     from sparsec.benchmark import run
 
