@@ -536,13 +536,37 @@ def test_a_repeated_input_signature_skips_only_checks_it_passed(rng, monkeypatch
         compiled.run({"x": calls[-2], "y": calls[-2]})
 
 
-def test_converter_failures_are_compile_errors_naming_the_node():
+def test_converter_failures_are_compile_errors_naming_the_node(capsys):
     node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum_over_runtime_axes")
     model = _single_node_model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]),
                                       helper.make_tensor_value_info("axes", TensorProto.INT64, [1])],
                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 1])], opset=18)
     with pytest.raises(sparsec.CompileError, match="ReduceSum \\(node 'sum_over_runtime_axes'"):
         sparsec.compile(model)
+    assert capsys.readouterr().out == ""  # TVM's importer prints the failed node's inputs: not to the user
+
+
+def test_a_model_that_breaks_onnx_type_rules_gets_onnx_reason():
+    # found by mutating the ONNX node suite: a string scale reached TVM, which raised ValueError
+    # ("unknown dtype `object`") from its importer, outside any converter: a traceback
+    node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], num_groups=2, name="norm")
+    model = _single_node_model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2]),
+                                      helper.make_tensor_value_info("scale", TensorProto.STRING, [4]),
+                                      helper.make_tensor_value_info("bias", TensorProto.FLOAT, [4])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])], opset=21)
+    with pytest.raises(sparsec.CompileError, match="breaks ONNX's rules: .*GroupNormalization.*tensor\\(string\\)"):
+        sparsec.compile(model)
+
+
+def test_failures_of_tvm_importer_outside_converters_are_compile_errors(monkeypatch):
+    from sparsec.backends.tvm import lower
+
+    def fail(self, graph, opset):
+        raise ValueError("Node Div_16 cannot handle ShapeExpr inputs.")
+
+    monkeypatch.setattr(lower._Importer, "from_onnx", fail)
+    with pytest.raises(sparsec.CompileError, match="^TVM cannot import the model: Node Div_16 cannot handle ShapeExpr"):
+        sparsec.compile(mlp((4, 4)))
 
 
 @pytest.mark.parametrize("op", ["Identity", "Reshape"])

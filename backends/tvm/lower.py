@@ -9,6 +9,8 @@ the target is reported at once, before anything is built.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Callable
 
@@ -219,7 +221,27 @@ def lower_to_relax(graph: Graph, target: str = "llvm", backend: str = "tvm"):
         raise UnsupportedOpError(missing, f"{backend}@{target}")
     model = to_onnx(graph, value_info=False)
     importer = _Importer(graph, target)
-    with warnings.catch_warnings():
+    # TVM's importer prints each failed conversion with all of its inputs to stdout before
+    # re-raising: the CompileError below says it in one line.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # renames and "unknown dim" notes are expected here
-        mod = importer.from_onnx(model.graph, graph.opset("") or 17)
+        try:
+            mod = importer.from_onnx(model.graph, graph.opset("") or 17)
+        except SparsecError:
+            raise
+        except Exception as err:  # raised by TVM's importer around the converters: graph inputs, output counts
+            raise CompileError(_import_failure(model, err)) from err
     return mod, importer._input_names
+
+
+def _import_failure(model: onnx.ModelProto, err: Exception) -> str:
+    """Why TVM could not import the model: ONNX's strict type and shape check first (a model that
+    breaks ONNX's rules, as a string fed to an arithmetic op, which ONNX Runtime refuses to load
+    too), else the last line of TVM's error."""
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as invalid:  # onnx raises InferenceError, ValidationError and others
+        lines = str(invalid).strip().splitlines()
+        return f"the model breaks ONNX's rules: {lines[0] if lines else type(invalid).__name__}"
+    lines = str(err).strip().splitlines()
+    return f"TVM cannot import the model: {lines[-1] if lines else type(err).__name__}"
