@@ -107,6 +107,14 @@ def test_truncated_file(tmp_path):
         sparsec.load(path)
 
 
+def test_an_element_type_onnx_does_not_define_is_a_load_error():
+    # found by mutating the ONNX node suite: the checker lets elem_type 99 through
+    model = mlp((4, 4))
+    model.graph.input[0].type.tensor_type.elem_type = 99
+    with pytest.raises(ModelLoadError, match="value 'x': unknown ONNX element type 99"):
+        sparsec.load(model)
+
+
 def test_missing_file():
     with pytest.raises(ModelLoadError, match="not found"):
         sparsec.load("/nonexistent/model.onnx")

@@ -90,13 +90,22 @@ def _upgrade(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
         raise ModelLoadError(f"model uses opset {version}; sparsec needs {MIN_OPSET}+ and the conversion failed: {err}") from None
 
 
+def _value_type(vi: onnx.ValueInfoProto):
+    """A declared type; an element type ONNX does not define is the file's fault, said as such
+    (the checker lets it through)."""
+    try:
+        return type_from_onnx(vi.type)
+    except ValueError as err:
+        raise ModelLoadError(f"invalid ONNX model: value {vi.name!r}: {err}") from None
+
+
 class _GraphReader:
     def __init__(self, base_dir: Path | None):
         self.base_dir = base_dir
 
     def read(self, gproto: onnx.GraphProto, graph: Graph, scope: dict[str, Value]) -> None:
         scope = dict(scope)  # names visible here: outer values plus this graph's
-        types = {vi.name: type_from_onnx(vi.type) for vi in gproto.value_info}
+        types = {vi.name: _value_type(vi) for vi in gproto.value_info}
         for init in gproto.initializer:
             scope[init.name] = self._constant(graph, init.name, self.tensor(init))
         for sparse in gproto.sparse_initializer:
@@ -105,11 +114,11 @@ class _GraphReader:
         for vi in gproto.input:
             if vi.name in graph.initializers:  # an initializer that may be overridden: keep it an input
                 const = graph.initializers[vi.name]
-                value = Value(vi.name, type_from_onnx(vi.type) or const.type, const=const.const)
+                value = Value(vi.name, _value_type(vi) or const.type, const=const.const)
                 del graph.initializers[vi.name]
                 graph.initializers[vi.name] = value
             else:
-                value = Value(vi.name, type_from_onnx(vi.type))
+                value = Value(vi.name, _value_type(vi))
             value.graph = graph
             graph._claim(vi.name)
             graph.inputs.append(value)
@@ -143,7 +152,7 @@ class _GraphReader:
             if vi.name not in scope:
                 raise ModelLoadError(f"graph output {vi.name!r} is never defined")
             value = scope[vi.name]
-            out_type = type_from_onnx(vi.type)
+            out_type = _value_type(vi)
             if out_type is not None and value.type is None:
                 value.type = out_type
             graph.outputs.append(value)
