@@ -558,6 +558,47 @@ def test_a_model_that_breaks_onnx_type_rules_gets_onnx_reason():
         sparsec.compile(model)
 
 
+def test_a_declared_output_shape_the_ops_contradict_gives_way_as_in_onnx_runtime(rng):
+    # found by mutating the ONNX node suite (ConvTranspose without its dilations): the file's 5x5
+    # was kept, and the backend's right 4x4 was refused at run time as a conversion bug
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"])
+    model = _single_node_model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3]),
+                                      helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 1, 2, 2])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 5, 5])])
+    with pytest.warns(UserWarning, match=r"declares output 'y' as f32\[1,1,5,5\], but its ops give f32\[1,1,4,4\]"):
+        compiled = sparsec.compile(model)
+    assert compiled.outputs[0].shape == [1, 1, 4, 4]
+    assert_matches_ort(compiled, model, {"x": rng.standard_normal((1, 1, 3, 3)).astype(np.float32),
+                                         "w": rng.standard_normal((1, 1, 2, 2)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("op", ["Relu", "Max", "Min", "Clip"])
+def test_nan_goes_through_max_and_min_as_in_onnx_runtime(op):
+    # found by feeding NaN to compiled models: TVM's max(a, b) is a > b ? a : b, so Relu(NaN) was 0
+    inputs = ["a", "b"] if op in ("Max", "Min") else ["a"]
+    model = _single_node_model(helper.make_node(op, inputs, ["y"]),
+                               [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4]) for name in inputs],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    feeds = {"a": np.array([np.nan, 1, np.nan, -1], np.float32), "b": np.array([0, np.nan, np.nan, 2], np.float32)}
+    got = assert_matches_ort(sparsec.compile(model), model, {name: feeds[name] for name in inputs})[0]
+    assert np.isnan(got[[0, 2]]).all()  # NaN in, NaN out (assert_matches_ort takes NaN as equal to NaN)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "relu-skip", "moe-dispatch"])
+def test_a_nan_input_row_stays_nan_through_fused_and_routed_kernels(kind, rng):
+    from sparsec.models.moe_layers import dense_masked_moe
+    from sparsec.models.relu_ffn import relu_ffn
+
+    model = {"mlp": lambda: mlp((32, 64, 32)), "relu-skip": lambda: relu_ffn(32, 128),
+             "moe-dispatch": lambda: dense_masked_moe(32, 64, 4, 2, tokens=3)}[kind]()
+    compiled = sparsec.compile(model)
+    assert kind == "mlp" or compiled.report["rewrites"].get(kind) == 1
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    x[1, 5] = np.nan
+    got = assert_matches_ort(compiled, model, {"x": x})[0]
+    assert np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()
+
+
 def test_failures_of_tvm_importer_outside_converters_are_compile_errors(monkeypatch):
     from sparsec.backends.tvm import lower
 

@@ -3,6 +3,8 @@ its order; those a CPU build does not use, for async copies, VTCM, PTX, shared m
 sync, left out: tests/test_symbolic_kernels.py checks the list against the installed TVM's),
 with passes of ours:
 
+- ``nan_min_max``: float ``max``/``min`` that return NaN for a NaN operand, as ONNX Runtime's
+  (see nan_minmax.py);
 - ``serial_when_small``: a serial copy of parallel loops whose work is small at run time
   (see serial_when_small.py);
 - ``vector_tails`` right before VectorizeLoop, which cannot vectorise a lane-dependent guard
@@ -18,6 +20,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.pipeline import finalize_device_passes, finalize_host_passes
 
+from .nan_minmax import nan_min_max
 from .serial_when_small import serial_when_small
 from .strided_loads import contiguous_strided_loads
 from .vector_tails import vector_tails
@@ -49,6 +52,7 @@ def _lowering(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         tirx.transform.BF16ComputeLegalize(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
+        nan_min_max,
         serial_when_small,
         vector_tails,
         tirx.transform.VectorizeLoop(not bool(config.get("tirx.disable_vectorize", False))),

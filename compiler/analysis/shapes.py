@@ -3,6 +3,8 @@ iterated until nothing changes (an inferred sparsec output can unblock ONNX infe
 
 from __future__ import annotations
 
+import warnings
+
 import onnx
 
 from ..frontend.onnx_export import to_onnx
@@ -24,6 +26,13 @@ def infer_types(graph: Graph, *, max_rounds: int = 4) -> int:
 
 def _onnx_round(graph: Graph) -> int:
     model = to_onnx(graph, weights=False)
+    # Graph outputs are inferred from their nodes, not merged into the shapes the file declares:
+    # a declared shape that the ops contradict (a stale exporter annotation) is the file's mistake,
+    # and ONNX Runtime runs such a model with the shape the ops give (it warns and merges leniently).
+    for output in model.graph.output:
+        if output.type.HasField("tensor_type"):
+            output.type.tensor_type.ClearField("shape")
+    declared = {v.name: v for v in graph.outputs}
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: a failure leaves types as they were
@@ -40,10 +49,29 @@ def _onnx_round(graph: Graph) -> int:
                 if proto_type is None:
                     continue
                 new = type_from_onnx(proto_type)
-                if new is not None and _more_precise(new, out.type):
+                if new is None:
+                    continue
+                if _more_precise(new, out.type):
+                    out.type = new
+                    changed += 1
+                elif declared.get(out.name) is out and _contradicts(new, out.type):
+                    warnings.warn(f"the model declares output {out.name!r} as {out.type}, but its ops give "
+                                  f"{new}: using {new}, as ONNX Runtime does", stacklevel=2)
                     out.type = new
                     changed += 1
     return changed
+
+
+def _contradicts(new, old) -> bool:
+    """Whether two tensor types disagree on the dtype, the rank or a static dim."""
+    if not isinstance(new, TensorType) or not isinstance(old, TensorType):
+        return False
+    if new.dtype and old.dtype and new.dtype != old.dtype:
+        return True
+    if new.shape is None or old.shape is None:
+        return False
+    return len(new.shape) != len(old.shape) or any(
+        isinstance(n, int) and isinstance(o, int) and n != o for n, o in zip(new.shape, old.shape))
 
 
 def _sparsec_round(graph: Graph) -> int:
