@@ -11,6 +11,7 @@ variables becomes LLVM's ``maximum`` (IEEE 754-2019), NaN if either operand is. 
 
 from __future__ import annotations
 
+import tvm
 import tvm_ffi
 from tvm import tirx
 
@@ -25,7 +26,12 @@ def _propagating(node):
     if isinstance(a, tirx.FloatImm):
         a, b = b, a
     if isinstance(b, tirx.FloatImm):  # ReLU, clip: one compare and a blend, as before
-        return tirx.Select(tirx.LT(a, b) if is_max else tirx.GT(a, b), b, a)  # NaN a fails the test: a
+        if isinstance(a, (tirx.Var, tvm.ir.TensorLoad)):
+            return tirx.Select(tirx.LT(a, b) if is_max else tirx.GT(a, b), b, a)  # NaN a fails the test: a
+        # `a` is named once: written twice, a clamp of a clamp doubled its tree at each level and
+        # TVM's later passes walked every copy (Mish's compile went from 12 to 38 s)
+        value = tirx.Var("clamped", a.ty)
+        return tirx.Let(value, a, tirx.Select(tirx.LT(value, b) if is_max else tirx.GT(value, b), b, value))
     # two variables (Max, pooling, a row's max)
     return tirx.call_llvm_pure_intrin(str(node.ty), "llvm.maximum" if is_max else "llvm.minimum", a, b)
 
