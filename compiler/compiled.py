@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendOutputError, InputError, RunError, SparsecError
+from .errors import BackendOutputError, InputError, RunError, SparsecError, last_line
 from .ir.graph import Value
 from .ir.types import TensorType, dtype_of_array
 
@@ -81,9 +81,8 @@ class CompiledModel:
         except SparsecError:
             raise
         except Exception as err:  # the backend's own error types (TVM's raised from C++, ORT's)
-            lines = str(err).strip().splitlines()
             raise RunError(f"the {self.report.get('backend', 'backend')} backend stopped on these inputs: "
-                           f"{lines[-1] if lines else type(err).__name__}") from None
+                           f"{last_line(err)}") from None
         if not (repeat and self._produced is not None and _same_signature(outputs, self._produced)):
             self._check_outputs(arrays, outputs)
             self._accepted = tuple((spec.name, a.shape, a.dtype) for spec, a in zip(self.inputs, arrays))

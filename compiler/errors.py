@@ -1,6 +1,19 @@
 """The errors sparsec raises for problems a user can fix. The CLI prints them as one line."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of a library's error message (ONNX puts the reason there), else its type."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def last_line(err: BaseException) -> str:
+    """The last line of a library's error message (TVM's C++ errors end with the reason, after a
+    backtrace), else its type."""
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else type(err).__name__
+
+
 class SparsecError(Exception):
     """Base class: a clear, user-facing problem (bad file, bad input, unsupported op)."""
 

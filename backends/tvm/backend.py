@@ -10,7 +10,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ...errors import CompileError, SparsecError
+from ...errors import CompileError, SparsecError, last_line
 from ...frontend.onnx_export import weight_bytes
 from ...ir.graph import Graph
 from . import kernels  # noqa: F401 - importing registers the lowerings of sparsec ops
@@ -41,7 +41,7 @@ class TVMBackend:
             lines = str(err).strip().splitlines()
             # A C compiler's report ends with its command line: name its first error instead.
             errors = [line.strip() for line in lines if ": error:" in line]
-            reason = errors[0] if errors else lines[-1] if lines else type(err).__name__
+            reason = errors[0] if errors else last_line(err)
             message = f"TVM failed to build for {target}: {reason}"
             symbols = sorted({d for v in graph.inputs if v.shape for d in v.shape if isinstance(d, str)})
             if symbols:

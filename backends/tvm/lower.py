@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from ...errors import CompileError, SparsecError, UnsupportedOpError
+from ...errors import CompileError, SparsecError, UnsupportedOpError, first_line, last_line
 from ...frontend.onnx_export import to_onnx
 from ...ir.graph import Graph, Node
 from .targets import CPU_TARGETS  # noqa: F401  (re-exported for the kernels' registrations)
@@ -117,9 +117,7 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
             raise
         except Exception as err:  # TVM's converters raise bare Assertion/Value/TypeErrors
             name = attrs.get("tvm_custom", {}).get("name", "?")
-            detail = str(err).strip().splitlines()
-            raise CompileError(f"TVM cannot convert {op_name} (node {name!r}, opset {opset}): "
-                               f"{detail[-1] if detail else type(err).__name__}") from err
+            raise CompileError(f"TVM cannot convert {op_name} (node {name!r}, opset {opset}): {last_line(err)}") from err
 
 
 def _symbolic_range(bb: relax.BlockBuilder, inputs: list):
@@ -241,7 +239,5 @@ def _import_failure(model: onnx.ModelProto, err: Exception) -> str:
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as invalid:  # onnx raises InferenceError, ValidationError and others
-        lines = str(invalid).strip().splitlines()
-        return f"the model breaks ONNX's rules: {lines[0] if lines else type(invalid).__name__}"
-    lines = str(err).strip().splitlines()
-    return f"TVM cannot import the model: {lines[-1] if lines else type(err).__name__}"
+        return f"the model breaks ONNX's rules: {first_line(invalid)}"
+    return f"TVM cannot import the model: {last_line(err)}"

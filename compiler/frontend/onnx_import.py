@@ -15,7 +15,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
 from ..ir.graph import Attr, AttrType, Graph, Node, Value
 from ..ir.types import TensorType, tensor_type_of, type_from_onnx
 
@@ -68,7 +68,7 @@ def import_model(proto: onnx.ModelProto, *, base_dir: Path | None = None, check:
         try:
             onnx.checker.check_model(proto)
         except (onnx.checker.ValidationError, Exception) as err:  # the checker raises several kinds
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             if not any(tolerated in first for tolerated in _TOLERATED_CHECKER_ERRORS):
                 raise ModelLoadError(f"invalid ONNX model: {first}") from None
     if opsets.get("", MIN_OPSET) < MIN_OPSET:
