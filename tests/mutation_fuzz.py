@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
+import os
 import random
 import sys
 import time
@@ -36,12 +36,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from tests.node_suite import RESULTS_DIR, TVM_LIST, cases_by_name, read_list
+from tests.node_suite import RESULTS_DIR, TVM_LIST, cases_by_name, read_list, run_tasks
 
 OP_TYPES = ["Add", "MatMul", "Relu", "Reshape", "Transpose", "Gather", "Concat", "Slice", "Conv", "Softmax", "TopK",
             "Einsum", "Split", "Squeeze", "Unsqueeze", "Expand", "Where", "Cast", "NonZero", "ScatterND", "Foo", ""]
 ELEM_TYPES = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 21, 99]
 TRIAL_TIMEOUT = 60.0
+OUTCOME_OF_FAILED_TASK = {"crash": "crash", "timeout": "hang", "harness": "harness"}
 
 
 # --- model mutations: each changes a copy in place (or returns bytes) -------------------------
@@ -209,7 +210,7 @@ def run_trial(model, feeds: dict) -> tuple[str, str]:
 
     source = model
     if isinstance(model, bytes):
-        source = RESULTS_DIR / f"fuzz_{multiprocessing.current_process().pid}.onnx"
+        source = RESULTS_DIR / f"fuzz_{os.getpid()}.onnx"
         source.write_bytes(model)
     try:
         compiled = sparsec.compile(source)
@@ -233,47 +234,42 @@ def _case_feeds(case) -> dict:
     return {k: v for k, v in case.feeds(case.data_sets[0][0]).items() if isinstance(v, np.ndarray)}
 
 
-def _worker(name: str, seed: int, queue) -> None:
-    try:
-        case = cases_by_name()[name]
-        model, kind = mutate(case.model, seed)
-        queue.put((kind, *run_trial(model, _case_feeds(case))))
-    except BaseException as err:  # the harness's own failure, reported as such
-        queue.put(("?", "harness", f"{type(err).__name__}: {err}"))
+def _trial(name: str, seed: int) -> dict:
+    case = cases_by_name()[name]
+    model, kind = mutate(case.model, seed)
+    status, detail = run_trial(model, _case_feeds(case))
+    return {"case": name, "seed": seed, "mutation": kind, "status": status, "detail": detail}
 
 
-def fuzz_models(minutes: float, seed: int, out: Path) -> Counter:
+def fuzz_models(minutes: float, seed: int, out: Path, jobs: int = 2) -> Counter:
+    """Trials for ``minutes`` in node_suite's worker processes (a crash or hang fails its trial alone)."""
     import onnxruntime  # noqa: F401 - imported once, before the forks
 
     import sparsec  # noqa: F401
 
     names = read_list(TVM_LIST)
-    cases_by_name()
     r = random.Random(seed)
-    context = multiprocessing.get_context("fork")
-    counts: Counter = Counter()
     deadline = time.monotonic() + minutes * 60
-    with out.open("a") as log:
+    counts: Counter = Counter()
+
+    def trials():
         while time.monotonic() < deadline:
-            name, trial_seed = r.choice(names), r.randrange(1 << 30)
-            queue = context.Queue()
-            worker = context.Process(target=_worker, args=(name, trial_seed, queue))
-            worker.start()
-            worker.join(TRIAL_TIMEOUT)
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
-                kind, status, detail = "?", "hang", ""
-            elif queue.empty():
-                kind, status, detail = "?", "crash", f"exit status {worker.exitcode}"
-            else:
-                kind, status, detail = queue.get()
-            counts[status] += 1
-            record = {"case": name, "seed": trial_seed, "mutation": kind, "status": status, "detail": detail}
-            log.write(json.dumps(record) + "\n")
+            yield r.choice(names), r.randrange(1 << 30)
+
+    with out.open("a") as log:
+        def record(result: dict) -> None:
+            if "task" in result:  # the pool's record of a trial that crashed or hung its worker
+                name, trial_seed = result["task"]
+                kind = OUTCOME_OF_FAILED_TASK.get(result["reason"].split(":")[0], "harness")
+                result = {"case": name, "seed": trial_seed, "mutation": "?", "status": kind, "detail": result["reason"]}
+            counts[result["status"]] += 1
+            log.write(json.dumps(result) + "\n")
             log.flush()
-            if status not in ("ok", "clean"):
-                print(f"{status}: {name} seed {trial_seed} ({kind}): {detail.splitlines()[0] if detail else ''}", flush=True)
+            if result["status"] not in ("ok", "clean"):
+                detail = result["detail"].splitlines()[0] if result["detail"] else ""
+                print(f"{result['status']}: {result['case']} seed {result['seed']} ({result['mutation']}): {detail}", flush=True)
+
+        run_tasks(trials(), _trial, jobs=jobs, timeout=TRIAL_TIMEOUT, on_result=record)
     return counts
 
 

@@ -362,7 +362,7 @@ def run_case(name: str, mode: str) -> dict:
 
 
 # --- worker processes --------------------------------------------------------------------------
-def _worker_main(conn, quiet: bool) -> None:
+def _worker_main(conn, quiet: bool, runner) -> None:
     # One core each: the machine has two, and `jobs` workers share them.
     for var in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
@@ -378,18 +378,17 @@ def _worker_main(conn, quiet: bool) -> None:
             return
         if task is None:
             return
-        name, mode = task
         try:
-            result = run_case(name, mode)
+            result = runner(*task)
         except BaseException as err:  # noqa: BLE001 - report, never die quietly
-            result = {"name": name, "mode": mode, "ok": False, "reason": f"harness: {_short(err)}", "seconds": 0.0}
+            result = {"task": list(task), "ok": False, "reason": f"harness: {_short(err)}", "seconds": 0.0}
         conn.send(result)
 
 
 class _Worker:
-    def __init__(self, ctx, quiet: bool):
+    def __init__(self, ctx, quiet: bool, runner):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, quiet), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, quiet, runner), daemon=True)
         self.process.start()
         child.close()
         self.task = None
@@ -417,14 +416,31 @@ class _Worker:
 
 def run_many(names: list[str], mode: str, *, jobs: int = 2, timeout: float = CASE_TIMEOUT,
              max_tasks: int = 100, quiet: bool = True, on_result=None) -> list[dict]:
-    """Run ``names`` in ``mode`` over ``jobs`` worker processes (fork; recycled every ``max_tasks``
-    cases). A case that crashes its worker or runs past ``timeout`` seconds fails alone."""
+    """Run ``names`` in ``mode`` over ``jobs`` worker processes (see run_tasks)."""
+    def as_case(result: dict) -> dict:  # a failure the pool recorded names its task
+        if "task" not in result:
+            return result
+        name, mode = result["task"]
+        return {"name": name, "mode": mode, **{k: v for k, v in result.items() if k != "task"}}
+
+    results = run_tasks([(name, mode) for name in names], run_case, jobs=jobs, timeout=timeout, max_tasks=max_tasks,
+                        quiet=quiet, on_result=(lambda r: on_result(as_case(r))) if on_result else None)
+    return sorted((as_case(r) for r in results), key=lambda r: r["name"])
+
+
+def run_tasks(tasks, runner, *, jobs: int = 2, timeout: float = CASE_TIMEOUT, max_tasks: int = 100,
+              quiet: bool = True, on_result=None) -> list[dict]:
+    """``runner(*task)`` (a dict) for each of ``tasks`` (tuples; any iterable, read as workers
+    free up) over ``jobs`` worker processes (fork; recycled every ``max_tasks`` tasks). A task that
+    crashes its worker or runs past ``timeout`` seconds fails alone: its result is ``{"task",
+    "ok": False, "reason": "crash: ..." | "timeout: ...", "seconds"}``."""
     import multiprocessing
     from multiprocessing.connection import wait
 
     _collected()  # build the cases once, before forking: workers inherit them
     ctx = multiprocessing.get_context("fork")
-    pending = list(reversed(names))
+    tasks = iter(tasks)
+    upcoming = next(tasks, None)
     workers: list[_Worker] = []
     results: list[dict] = []
 
@@ -434,19 +450,20 @@ def run_many(names: list[str], mode: str, *, jobs: int = 2, timeout: float = CAS
             on_result(result)
 
     try:
-        while pending or any(w.task for w in workers):
-            while len(workers) < jobs and pending:
-                workers.append(_Worker(ctx, quiet))
+        while upcoming is not None or any(w.task for w in workers):
+            while len(workers) < jobs and upcoming is not None:
+                workers.append(_Worker(ctx, quiet, runner))
             for w in workers:
-                if w.task is None and pending:
-                    w.send((pending.pop(), mode))
+                if w.task is None and upcoming is not None:
+                    w.send(upcoming)
+                    upcoming = next(tasks, None)
             busy = [w for w in workers if w.task]
             now = time.monotonic()
             wait_for = max(0.05, min(w.started + timeout - now for w in busy))
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=wait_for)
             now = time.monotonic()
             for w in list(busy):
-                name = w.task[0]
+                task = list(w.task)
                 if w.conn in ready:
                     try:
                         result = w.conn.recv()
@@ -462,13 +479,13 @@ def run_many(names: list[str], mode: str, *, jobs: int = 2, timeout: float = CAS
                         continue
                 if w.process.sentinel in ready or not w.process.is_alive():
                     code = w.process.exitcode
-                    finish({"name": name, "mode": mode, "ok": False, "seconds": round(now - w.started, 3),
+                    finish({"task": task, "ok": False, "seconds": round(now - w.started, 3),
                             "reason": f"crash: worker died (exit code {code})"})
                     w.task = None
                     w.stop(kill=True)
                     workers.remove(w)
                 elif now - w.started > timeout:
-                    finish({"name": name, "mode": mode, "ok": False, "seconds": round(now - w.started, 3),
+                    finish({"task": task, "ok": False, "seconds": round(now - w.started, 3),
                             "reason": f"timeout: over {timeout:g} s"})
                     w.task = None
                     w.stop(kill=True)
@@ -476,7 +493,7 @@ def run_many(names: list[str], mode: str, *, jobs: int = 2, timeout: float = CAS
     finally:
         for w in workers:
             w.stop(kill=True)
-    return sorted(results, key=lambda r: r["name"])
+    return results
 
 
 # --- update ------------------------------------------------------------------------------------
