@@ -115,6 +115,17 @@ def test_an_element_type_onnx_does_not_define_is_a_load_error():
         sparsec.load(model)
 
 
+def test_text_that_is_not_utf8_is_a_load_error(tmp_path):
+    # found by flipping bytes (tests/mutation_fuzz.py): protobuf hands such a field over as bytes,
+    # and the export inside type inference raised UnicodeDecodeError
+    model = mlp((4, 4))
+    model.producer_name = "backend-test"
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"backend-test", b"backend-t\xfdst"))
+    with pytest.raises(ModelLoadError, match="model.producer_name is not valid UTF-8"):
+        sparsec.compile(path)
+
+
 def test_missing_file():
     with pytest.raises(ModelLoadError, match="not found"):
         sparsec.load("/nonexistent/model.onnx")

@@ -56,7 +56,33 @@ def read_model(path: "str | os.PathLike") -> tuple[onnx.ModelProto, Path]:
 _TOLERATED_CHECKER_ERRORS = ("Field 'shape' of 'type' is required but missing",)
 
 
+def _text_that_is_not_utf8(message, path: str = "model") -> str | None:
+    """Where a text field holds bytes that are not UTF-8 (protobuf hands them over as ``bytes``,
+    which failed later, deep in the export), else None. Tensor payloads are not read."""
+    for field in message.DESCRIPTOR.fields:
+        repeated = field.is_repeated
+        if field.type == field.TYPE_STRING:
+            values = getattr(message, field.name) if repeated else [getattr(message, field.name)]
+            if any(isinstance(v, bytes) for v in values):
+                return f"{path}.{field.name}"
+        elif field.type == field.TYPE_MESSAGE:
+            if repeated:
+                items = getattr(message, field.name)
+            elif message.HasField(field.name):
+                items = [getattr(message, field.name)]
+            else:
+                continue
+            for index, item in enumerate(items):
+                where = _text_that_is_not_utf8(item, f"{path}.{field.name}" + (f"[{index}]" if repeated else ""))
+                if where:
+                    return where
+    return None
+
+
 def import_model(proto: onnx.ModelProto, *, base_dir: Path | None = None, check: bool = True) -> Graph:
+    where = _text_that_is_not_utf8(proto)
+    if where:
+        raise ModelLoadError(f"invalid ONNX model: {where} is not valid UTF-8 text")
     opsets = {imp.domain or "": imp.version for imp in proto.opset_import}
     if "" not in opsets and "ai.onnx" in opsets:
         opsets[""] = opsets.pop("ai.onnx")
